@@ -1,0 +1,46 @@
+//! Keel's HTTP face: the OpenAI-compatible gateway (`/v1/chat/completions`, `/v1/models`),
+//! its upstream clients, and the Keel API under `/api/`.
+//!
+//! Handlers are thin: judging belongs to `keel-policy`, storage to `keel-store`. This crate
+//! owns the wire formats (OpenAI JSON, SSE), authentication, and the order of events of one
+//! interaction. It does not read configuration files; the binary builds [`AppState`].
+
+mod api;
+mod auth;
+mod chat;
+pub mod error;
+pub mod sse;
+mod state;
+pub mod upstream;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+pub use auth::Caller;
+pub use error::ApiError;
+pub use state::{key_hash, AppState, ClientKey, GatewaySettings, OPEN_APP};
+pub use upstream::{UpstreamConfig, Upstreams};
+
+/// The gateway's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(list_models))
+        .route("/api/interactions", get(api::list_interactions))
+        .route("/api/interactions/{id}", get(api::get_interaction))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { ApiError::not_found(None, "no such route") })
+        .with_state(state)
+}
+
+async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    auth::authenticate(&state, &headers)?;
+    let data: Vec<Value> = upstream::model_ids(&state.upstreams().models())
+        .into_iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "keel"}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}

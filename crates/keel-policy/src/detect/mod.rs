@@ -1,0 +1,26 @@
+//! Detectors that find sensitive or hostile content in chat text: personal data, secrets,
+//! prompt injection and policy keywords.
+//!
+//! Checks in a policy are thin wrappers around these detectors; keeping them here, free of
+//! policy and configuration concerns, lets each one be tested and benchmarked on its own.
+//! Every detector reports byte spans of the text it was given, sorted by position.
+
+pub mod keywords;
+pub mod normalize;
+pub mod pii;
+
+pub use keywords::{KeywordError, KeywordMatcher};
+pub use normalize::{normalize, Normalized};
+pub use pii::{PiiDetector, PiiKind};
+
+use keel_core::{Finding, Span};
+
+/// A finding of `kind` at `span`, without message index or detail.
+pub(crate) fn finding(kind: &str, span: Span) -> Finding {
+    Finding {
+        kind: kind.to_string(),
+        span,
+        message: None,
+        detail: None,
+    }
+}

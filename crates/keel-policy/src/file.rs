@@ -1,0 +1,283 @@
+//! The policy file as written by people (TOML), before validation.
+//!
+//! Every struct denies unknown fields so a typo is an error, not a silently ignored setting.
+//! [`crate::Policy::compile`] turns this into a policy that cannot be invalid once built.
+
+use serde::{Deserialize, Serialize};
+
+use crate::detect::PiiKind;
+
+/// The root of a policy file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// The policy's name, shown as `name@version` in headers and explanations.
+    pub name: String,
+    /// The version of this file's content; bump it on every change.
+    pub version: String,
+    /// What the policy is for.
+    #[serde(default)]
+    pub description: String,
+    /// What happens when a check cannot run: block (`fail_closed`) or ignore it (`fail_open`).
+    #[serde(default)]
+    pub on_check_error: OnCheckError,
+    /// Bytes of streamed output held back so findings that straddle chunks are still caught.
+    #[serde(default = "default_window")]
+    pub stream_window_bytes: usize,
+    /// Replies sent for `block` and `escalate`, per language.
+    pub messages: Messages,
+    /// The checks, run in file order.
+    #[serde(default)]
+    pub checks: Vec<CheckConfig>,
+    /// The rules, tried by ascending priority; the first that matches decides.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+fn default_window() -> usize {
+    256
+}
+
+/// What a check error means for the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCheckError {
+    /// A failed check blocks the interaction with the block message.
+    #[default]
+    FailClosed,
+    /// A failed check reads as "no signal"; its error is kept in the explanation.
+    FailOpen,
+}
+
+/// Replies for the actions that replace the model's answer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Messages {
+    /// Sent instead of the answer on `block`.
+    pub block: LocalizedText,
+    /// Sent instead of the answer on `escalate`.
+    pub escalate: LocalizedText,
+}
+
+/// A text in English and, optionally, Japanese; English is the fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalizedText {
+    /// English text.
+    pub en: String,
+    /// Japanese text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ja: Option<String>,
+}
+
+/// Which sides of an interaction a check or rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseSelector {
+    /// Only the request.
+    Input,
+    /// Only the answer.
+    Output,
+    /// Both.
+    #[default]
+    Both,
+}
+
+impl PhaseSelector {
+    /// True when this selector includes `phase`.
+    pub fn includes(self, phase: keel_core::Phase) -> bool {
+        matches!(
+            (self, phase),
+            (PhaseSelector::Both, _)
+                | (PhaseSelector::Input, keel_core::Phase::Input)
+                | (PhaseSelector::Output, keel_core::Phase::Output)
+        )
+    }
+}
+
+/// Settings every check has, whatever its kind.
+macro_rules! check_config {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// The check's name; rules refer to it (`pii.hit`). Letters, digits and `_`.
+            pub name: String,
+            /// Which side it reads.
+            #[serde(default)]
+            pub phase: PhaseSelector,
+            /// Score at or above which the check counts as a hit.
+            #[serde(default)]
+            pub threshold: Option<f64>,
+            /// Texts longer than this are not scanned; the check reports an error instead.
+            #[serde(default)]
+            pub max_input_bytes: Option<usize>,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+    };
+}
+
+check_config!(
+    /// Regular expressions; each match is a finding of the pattern's kind.
+    RegexCheckConfig {
+        /// The patterns (Rust `regex` syntax).
+        patterns: Vec<RegexPattern>,
+        /// Match without regard to case.
+        #[serde(default)]
+        case_insensitive: bool,
+    }
+);
+
+/// One pattern of a regex check.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexPattern {
+    /// The kind of its findings (also the redaction placeholder).
+    pub kind: String,
+    /// The regular expression.
+    pub pattern: String,
+}
+
+check_config!(
+    /// Words and phrases, matched after NFKC normalisation and case folding.
+    KeywordsCheckConfig {
+        /// The words or phrases.
+        words: Vec<String>,
+        /// The kind of its findings; defaults to the check's name.
+        #[serde(default)]
+        finding_kind: Option<String>,
+        /// Latin words only match as whole words (`bomb` does not match `bombastic`).
+        #[serde(default = "yes")]
+        whole_word: bool,
+    }
+);
+
+fn yes() -> bool {
+    true
+}
+
+check_config!(
+    /// Personal data: validated emails, phones, cards, My Numbers, IBANs, IPs, postal codes.
+    PiiCheckConfig {
+        /// The kinds to detect; all when omitted.
+        #[serde(default)]
+        kinds: Option<Vec<PiiKind>>,
+    }
+);
+
+check_config!(
+    /// Credentials: API keys and tokens of known shapes, private keys, high-entropy assignments.
+    SecretCheckConfig {}
+);
+
+check_config!(
+    /// Prompt-injection heuristics in English and Japanese, and hidden characters.
+    InjectionCheckConfig {}
+);
+
+check_config!(
+    /// Text length limits, in characters.
+    LengthCheckConfig {
+        /// Longer texts hit.
+        #[serde(default)]
+        max_chars: Option<usize>,
+        /// Shorter texts hit.
+        #[serde(default)]
+        min_chars: Option<usize>,
+    }
+);
+
+/// One check, tagged by its kind.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CheckConfig {
+    /// See [`RegexCheckConfig`].
+    Regex(RegexCheckConfig),
+    /// See [`KeywordsCheckConfig`].
+    Keywords(KeywordsCheckConfig),
+    /// See [`PiiCheckConfig`].
+    Pii(PiiCheckConfig),
+    /// See [`SecretCheckConfig`].
+    Secret(SecretCheckConfig),
+    /// See [`InjectionCheckConfig`].
+    Injection(InjectionCheckConfig),
+    /// See [`LengthCheckConfig`].
+    Length(LengthCheckConfig),
+}
+
+/// A check's common settings, whatever its kind.
+pub struct CommonCheckSettings<'a> {
+    /// The check's name.
+    pub name: &'a str,
+    /// Its phase selector.
+    pub phase: PhaseSelector,
+    /// Its hit threshold.
+    pub threshold: Option<f64>,
+    /// Its input size limit.
+    pub max_input_bytes: Option<usize>,
+}
+
+impl CheckConfig {
+    /// The kind as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckConfig::Regex(_) => "regex",
+            CheckConfig::Keywords(_) => "keywords",
+            CheckConfig::Pii(_) => "pii",
+            CheckConfig::Secret(_) => "secret",
+            CheckConfig::Injection(_) => "injection",
+            CheckConfig::Length(_) => "length",
+        }
+    }
+
+    /// The settings every kind shares.
+    pub fn common(&self) -> CommonCheckSettings<'_> {
+        macro_rules! common {
+            ($c:expr) => {
+                CommonCheckSettings {
+                    name: &$c.name,
+                    phase: $c.phase,
+                    threshold: $c.threshold,
+                    max_input_bytes: $c.max_input_bytes,
+                }
+            };
+        }
+        match self {
+            CheckConfig::Regex(c) => common!(c),
+            CheckConfig::Keywords(c) => common!(c),
+            CheckConfig::Pii(c) => common!(c),
+            CheckConfig::Secret(c) => common!(c),
+            CheckConfig::Injection(c) => common!(c),
+            CheckConfig::Length(c) => common!(c),
+        }
+    }
+}
+
+/// A rule: when its condition holds, its action is the decision.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The rule's name, quoted in explanations.
+    pub name: String,
+    /// Lower numbers are tried first; ties keep file order.
+    #[serde(default = "default_priority")]
+    pub priority: i32,
+    /// Which phases the rule is tried in.
+    #[serde(default)]
+    pub phase: PhaseSelector,
+    /// The condition (see the expression language in the README).
+    pub when: String,
+    /// What to do when it holds.
+    pub action: keel_core::Action,
+    /// A reply that overrides the policy's message for `block` / `escalate`.
+    #[serde(default)]
+    pub message: Option<LocalizedText>,
+    /// For `redact`: the checks whose findings are replaced; defaults to those the condition reads.
+    #[serde(default)]
+    pub redact: Option<Vec<String>>,
+}
+
+fn default_priority() -> i32 {
+    100
+}

@@ -1,0 +1,568 @@
+//! A compiled policy and its decisions.
+//!
+//! [`Policy::parse`] validates a policy file completely (names, patterns, conditions, which
+//! checks a rule may read in which phase) and reports the first problem with file, line,
+//! column and field. A built [`Policy`] is immutable; a new version is a new `Policy`.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Instant;
+
+use keel_core::{Action, CheckResult, Decision, Evidence, Finding, Phase, PolicyRef};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::check::{self, Check, CheckError, Scope};
+use crate::expr::{self, ContextVar, Env, Expr, Field};
+use crate::file::{LocalizedText, Messages, OnCheckError, PhaseSelector, PolicyFile};
+use crate::source::{FieldPath, SourceError, TomlSource};
+use crate::text::{redact, Lang};
+
+/// Why a policy could not be loaded.
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("{file}: cannot read the policy file: {source}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid policy.
+    #[error(transparent)]
+    Invalid(#[from] SourceError),
+}
+
+/// A check ready to run, with its policy-level settings.
+struct CompiledCheck {
+    name: String,
+    kind: &'static str,
+    phase: PhaseSelector,
+    threshold: f64,
+    max_input_bytes: Option<usize>,
+    imp: Box<dyn Check>,
+}
+
+/// A rule with its condition compiled.
+struct CompiledRule {
+    name: String,
+    phase: PhaseSelector,
+    when_source: String,
+    when: Expr,
+    action: Action,
+    message: Option<LocalizedText>,
+    redact_slots: Vec<usize>,
+    reads: Vec<usize>,
+}
+
+/// A validated, immutable policy version.
+pub struct Policy {
+    name: String,
+    version: String,
+    description: String,
+    on_check_error: OnCheckError,
+    stream_window_bytes: usize,
+    messages: Messages,
+    checks: Vec<CompiledCheck>,
+    rules: Vec<CompiledRule>,
+    source_sha256: String,
+    source_text: String,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("checks", &self.checks.len())
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+/// What a decision reads besides check results.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The app of the client key.
+    pub app: &'a str,
+    /// The model asked for.
+    pub model: &'a str,
+    /// The language replies should be in.
+    pub lang: Lang,
+}
+
+/// One text to judge: a request message (with its index) or the answer.
+#[derive(Debug, Clone, Copy)]
+pub struct TextPart<'a> {
+    /// Index of the request message, `None` for the answer.
+    pub message: Option<usize>,
+    /// The text.
+    pub text: &'a str,
+}
+
+/// The outcome of judging one phase.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    /// The decision and its explanation.
+    pub decision: Decision,
+    /// Every check that ran, in policy order.
+    pub results: Vec<CheckResult>,
+    /// The reply that replaces the answer, for `block` and `escalate`.
+    pub reply: Option<String>,
+    /// For `redact`: each part's redacted text, aligned with the parts judged.
+    pub redacted: Vec<Option<String>>,
+}
+
+/// The rule-level part of a decision, before texts are rewritten.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The decision and its explanation.
+    pub decision: Decision,
+    /// The reply, for `block` and `escalate`.
+    pub reply: Option<String>,
+    /// Names of the checks whose findings a `redact` replaces.
+    pub redact_checks: Vec<String>,
+}
+
+const RESERVED: &[&str] = &["phase", "app", "model", "true", "false", "and", "or", "not", "in", "has_any", "len"];
+
+impl Policy {
+    /// Reads and compiles the policy file at `path`.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io { file: file.clone(), source })?;
+        Ok(Policy::parse(&file, &text)?)
+    }
+
+    /// Compiles policy `text`, naming `file` in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Policy, SourceError> {
+        let source = TomlSource::new(file, text);
+        let raw: PolicyFile = source.deserialize()?;
+        Policy::compile(raw, &source, text)
+    }
+
+    fn compile(raw: PolicyFile, source: &TomlSource<'_>, text: &str) -> Result<Policy, SourceError> {
+        if raw.name.trim().is_empty() {
+            return Err(source.error_at(&FieldPath::key("name"), "must not be empty"));
+        }
+        if raw.version.trim().is_empty() || raw.version.contains(char::is_whitespace) {
+            return Err(source.error_at(&FieldPath::key("version"), "must be a non-empty version without spaces, e.g. \"1.2.0\""));
+        }
+        if !(16..=65_536).contains(&raw.stream_window_bytes) {
+            return Err(source.error_at(&FieldPath::key("stream_window_bytes"), "must be between 16 and 65536"));
+        }
+        for (key, text) in [("block", &raw.messages.block), ("escalate", &raw.messages.escalate)] {
+            if text.en.trim().is_empty() {
+                return Err(source.error_at(&FieldPath::key("messages").field(key).field("en"), "must not be empty"));
+            }
+        }
+
+        let mut checks = Vec::with_capacity(raw.checks.len());
+        let mut names = HashSet::new();
+        for (i, config) in raw.checks.iter().enumerate() {
+            let path = FieldPath::key("checks").index(i);
+            let common = config.common();
+            if !is_identifier(common.name) {
+                return Err(source.error_at(&path.field("name"), format!("`{}` is not a valid check name (use lowercase letters, digits and _, starting with a letter)", common.name)));
+            }
+            if RESERVED.contains(&common.name) {
+                return Err(source.error_at(&path.field("name"), format!("`{}` is a reserved word in conditions", common.name)));
+            }
+            if !names.insert(common.name.to_string()) {
+                return Err(source.error_at(&path.field("name"), format!("a check named `{}` is already defined", common.name)));
+            }
+            let threshold = common.threshold.unwrap_or(0.5);
+            if !(0.0..=1.0).contains(&threshold) {
+                return Err(source.error_at(&path.field("threshold"), "must be between 0 and 1"));
+            }
+            if common.max_input_bytes == Some(0) {
+                return Err(source.error_at(&path.field("max_input_bytes"), "must be greater than 0"));
+            }
+            let imp = check::build(config).map_err(|e| {
+                let mut field = path.clone();
+                field.0.extend(e.field.iter().cloned());
+                source.error_at(&field, e.message)
+            })?;
+            checks.push(CompiledCheck {
+                name: common.name.to_string(),
+                kind: config.kind(),
+                phase: common.phase,
+                threshold,
+                max_input_bytes: common.max_input_bytes,
+                imp,
+            });
+        }
+
+        let slots = Slots(&checks);
+        let mut rules: Vec<(i32, usize, CompiledRule)> = Vec::with_capacity(raw.rules.len());
+        let mut rule_names = HashSet::new();
+        for (i, rule) in raw.rules.iter().enumerate() {
+            let path = FieldPath::key("rules").index(i);
+            if rule.name.trim().is_empty() {
+                return Err(source.error_at(&path.field("name"), "must not be empty"));
+            }
+            if !rule_names.insert(rule.name.clone()) {
+                return Err(source.error_at(&path.field("name"), format!("a rule named `{}` is already defined", rule.name)));
+            }
+            let when = expr::compile(&rule.when, &slots)
+                .map_err(|e| source.error_at_offset(&path.field("when"), e.offset, e.message.clone()))?;
+            let reads = when.referenced_checks();
+            for &slot in &reads {
+                let check = &checks[slot];
+                let never = [Phase::Input, Phase::Output]
+                    .into_iter()
+                    .filter(|p| rule.phase.includes(*p))
+                    .all(|p| !check.phase.includes(p));
+                if never {
+                    return Err(source.error_at(&path.field("when"), format!(
+                        "reads check `{}`, which never runs in this rule's phase ({:?} vs {:?})",
+                        check.name, rule.phase, check.phase
+                    ).to_lowercase()));
+                }
+            }
+            let redact_slots = match &rule.redact {
+                Some(list) => {
+                    if rule.action != Action::Redact {
+                        return Err(source.error_at(&path.field("redact"), "only rules with action = \"redact\" take a redact list"));
+                    }
+                    let mut found = Vec::new();
+                    for (j, name) in list.iter().enumerate() {
+                        match checks.iter().position(|c| &c.name == name) {
+                            Some(slot) => found.push(slot),
+                            None => return Err(source.error_at(&path.field("redact").index(j), format!("unknown check `{name}`"))),
+                        }
+                    }
+                    found
+                }
+                None => reads.clone(),
+            };
+            if rule.message.is_some() && !matches!(rule.action, Action::Block | Action::Escalate) {
+                return Err(source.error_at(&path.field("message"), "only block and escalate rules send a message"));
+            }
+            rules.push((rule.priority, i, CompiledRule {
+                name: rule.name.clone(),
+                phase: rule.phase,
+                when_source: rule.when.clone(),
+                when,
+                action: rule.action,
+                message: rule.message.clone(),
+                redact_slots,
+                reads,
+            }));
+        }
+        rules.sort_by_key(|(priority, index, _)| (*priority, *index));
+
+        Ok(Policy {
+            name: raw.name,
+            version: raw.version,
+            description: raw.description,
+            on_check_error: raw.on_check_error,
+            stream_window_bytes: raw.stream_window_bytes,
+            messages: raw.messages,
+            checks,
+            rules: rules.into_iter().map(|(_, _, r)| r).collect(),
+            source_sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            source_text: text.to_string(),
+        })
+    }
+
+    /// `name@version`.
+    pub fn reference(&self) -> PolicyRef {
+        PolicyRef { name: self.name.clone(), version: self.version.clone() }
+    }
+
+    /// The policy's description.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Lowercase hex SHA-256 of the policy file's text.
+    pub fn source_sha256(&self) -> &str {
+        &self.source_sha256
+    }
+
+    /// The policy file's text, as loaded.
+    pub fn source_text(&self) -> &str {
+        &self.source_text
+    }
+
+    /// Bytes of streamed output held back for checking.
+    pub fn stream_window_bytes(&self) -> usize {
+        self.stream_window_bytes
+    }
+
+    /// Position of the check called `name` in the policy.
+    pub(crate) fn check_index(&self, name: &str) -> Option<usize> {
+        self.checks.iter().position(|c| c.name == name)
+    }
+
+    /// True when at least one check reads `phase`.
+    pub fn has_checks(&self, phase: Phase) -> bool {
+        self.checks.iter().any(|c| c.phase.includes(phase))
+    }
+
+    /// A human-readable summary for `keel policy check`.
+    pub fn summary(&self) -> String {
+        let mut out = format!("policy {}@{}", self.name, self.version);
+        if !self.description.is_empty() {
+            out.push_str(&format!(" — {}", self.description));
+        }
+        out.push_str(&format!(
+            "\n  on_check_error = {:?}, stream window = {} bytes\n  {} checks:\n",
+            self.on_check_error, self.stream_window_bytes, self.checks.len()
+        ));
+        for c in &self.checks {
+            out.push_str(&format!("    {:<22} {:<10} {:<7} threshold {}\n", c.name, c.kind, phase_name(c.phase), c.threshold));
+        }
+        out.push_str(&format!("  {} rules (first match wins):\n", self.rules.len()));
+        for r in &self.rules {
+            out.push_str(&format!("    {:<22} {:<8} {:<7} when {}\n", r.name, r.action.as_str(), phase_name(r.phase), r.when_source));
+        }
+        out
+    }
+
+    /// Runs every check that reads `phase` on every part; findings carry the part's message index.
+    pub fn run_checks(&self, phase: Phase, parts: &[TextPart<'_>]) -> Vec<CheckResult> {
+        self.run_checks_where(phase, parts, |_| true)
+    }
+
+    /// Runs only the checks of `phase` whose scope is local (safe on windows of a stream).
+    pub(crate) fn run_checks_scoped(&self, phase: Phase, parts: &[TextPart<'_>], scope: Scope) -> Vec<CheckResult> {
+        self.run_checks_where(phase, parts, |c| c.imp.scope() == scope)
+    }
+
+    fn run_checks_where(&self, phase: Phase, parts: &[TextPart<'_>], keep: impl Fn(&CompiledCheck) -> bool) -> Vec<CheckResult> {
+        self.checks
+            .iter()
+            .filter(|c| c.phase.includes(phase) && keep(c))
+            .map(|c| self.run_one(c, phase, parts))
+            .collect()
+    }
+
+    fn run_one(&self, check: &CompiledCheck, phase: Phase, parts: &[TextPart<'_>]) -> CheckResult {
+        let started = Instant::now();
+        let mut score: f64 = 0.0;
+        let mut findings = Vec::new();
+        let mut error = None;
+        for part in parts {
+            let outcome = match check.max_input_bytes {
+                Some(limit) if part.text.len() > limit => Err(CheckError::InputTooLarge { actual: part.text.len(), limit }),
+                _ => check.imp.run(part.text),
+            };
+            match outcome {
+                Ok(output) => {
+                    score = score.max(output.score.clamp(0.0, 1.0));
+                    findings.extend(output.findings.into_iter().map(|f| Finding { message: part.message, ..f }));
+                }
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if error.is_some() {
+            score = 0.0;
+        }
+        CheckResult {
+            check: check.name.clone(),
+            kind: check.kind.to_string(),
+            phase,
+            score,
+            hit: error.is_none() && score >= check.threshold && score > 0.0,
+            findings,
+            error,
+            elapsed_us: started.elapsed().as_micros() as u64,
+        }
+    }
+
+    /// Runs the checks of `phase` on `parts` and decides.
+    pub fn judge(&self, phase: Phase, parts: &[TextPart<'_>], ctx: &Context<'_>) -> Judgement {
+        let results = self.run_checks(phase, parts);
+        let verdict = self.decide(phase, &results, ctx);
+        let redacted = if verdict.decision.action == Action::Redact {
+            parts
+                .iter()
+                .map(|part| {
+                    let spans: Vec<&Finding> = results
+                        .iter()
+                        .filter(|r| verdict.redact_checks.contains(&r.check))
+                        .flat_map(|r| r.findings.iter())
+                        .filter(|f| f.message == part.message)
+                        .collect();
+                    (!spans.is_empty()).then(|| redact(part.text, &spans))
+                })
+                .collect()
+        } else {
+            vec![None; parts.len()]
+        };
+        Judgement { decision: verdict.decision, results, reply: verdict.reply, redacted }
+    }
+
+    /// Applies the rules of `phase` to check `results` (first match by priority wins).
+    pub fn decide(&self, phase: Phase, results: &[CheckResult], ctx: &Context<'_>) -> Verdict {
+        let env = ResultEnv::new(self, results, phase, ctx);
+        let failed: Vec<&CheckResult> = results.iter().filter(|r| r.error.is_some()).collect();
+        if !failed.is_empty() && self.on_check_error == OnCheckError::FailClosed {
+            let names: Vec<&str> = failed.iter().map(|r| r.check.as_str()).collect();
+            let reason = format!(
+                "check(s) {} could not run ({}); this policy fails closed",
+                names.join(", "),
+                failed[0].error.as_deref().unwrap_or_default()
+            );
+            return Verdict {
+                decision: self.decision(Action::Block, phase, None, failed.iter().copied(), reason),
+                reply: Some(self.localized(&self.messages.block, ctx.lang)),
+                redact_checks: Vec::new(),
+            };
+        }
+        for rule in &self.rules {
+            if !rule.phase.includes(phase) || !rule.when.eval_bool(&env) {
+                continue;
+            }
+            let evidence = rule.reads.iter().filter_map(|slot| env.result(*slot));
+            let reason = format!("rule `{}` matched: {}", rule.name, rule.when_source);
+            let reply = match rule.action {
+                Action::Block => Some(self.localized(rule.message.as_ref().unwrap_or(&self.messages.block), ctx.lang)),
+                Action::Escalate => Some(self.localized(rule.message.as_ref().unwrap_or(&self.messages.escalate), ctx.lang)),
+                _ => None,
+            };
+            let mut decision = self.decision(rule.action, phase, Some(rule), evidence, reason);
+            if !failed.is_empty() {
+                decision.reason.push_str(&format!(" (fail_open: {} failed and read as no signal)", failed[0].check));
+            }
+            return Verdict {
+                decision,
+                reply,
+                redact_checks: rule.redact_slots.iter().map(|s| self.checks[*s].name.clone()).collect(),
+            };
+        }
+        let hits: Vec<&CheckResult> = results.iter().filter(|r| r.hit || r.error.is_some()).collect();
+        let reason = if hits.is_empty() {
+            "no rule matched and no check hit".to_string()
+        } else {
+            format!("no rule matched ({} check(s) hit without a rule for them)", hits.len())
+        };
+        Verdict {
+            decision: self.decision(Action::Allow, phase, None, hits.into_iter(), reason),
+            reply: None,
+            redact_checks: Vec::new(),
+        }
+    }
+
+    fn decision<'r>(
+        &self,
+        action: Action,
+        phase: Phase,
+        rule: Option<&CompiledRule>,
+        evidence: impl Iterator<Item = &'r CheckResult>,
+        reason: String,
+    ) -> Decision {
+        Decision {
+            action,
+            phase,
+            rule: rule.map(|r| r.name.clone()),
+            condition: rule.map(|r| r.when_source.clone()),
+            policy: self.reference(),
+            evidence: evidence.map(evidence_of).collect(),
+            reason,
+        }
+    }
+
+    fn localized(&self, text: &LocalizedText, lang: Lang) -> String {
+        match (lang, &text.ja) {
+            (Lang::Ja, Some(ja)) => ja.clone(),
+            _ => text.en.clone(),
+        }
+    }
+}
+
+fn evidence_of(result: &CheckResult) -> Evidence {
+    let mut kinds: Vec<String> = Vec::new();
+    for f in &result.findings {
+        if !kinds.contains(&f.kind) {
+            kinds.push(f.kind.clone());
+        }
+    }
+    Evidence { check: result.check.clone(), score: result.score, hit: result.hit, kinds, error: result.error.clone() }
+}
+
+fn phase_name(phase: PhaseSelector) -> &'static str {
+    match phase {
+        PhaseSelector::Input => "input",
+        PhaseSelector::Output => "output",
+        PhaseSelector::Both => "both",
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Check names → slots, for compiling conditions.
+struct Slots<'a>(&'a [CompiledCheck]);
+
+impl expr::Names for Slots<'_> {
+    fn check_slot(&self, name: &str) -> Option<usize> {
+        self.0.iter().position(|c| c.name == name)
+    }
+    fn check_names(&self) -> Vec<String> {
+        self.0.iter().map(|c| c.name.clone()).collect()
+    }
+}
+
+/// Check results indexed by slot, for evaluating conditions.
+struct ResultEnv<'a> {
+    by_slot: Vec<Option<&'a CheckResult>>,
+    kinds: Vec<Vec<String>>,
+    phase: Phase,
+    ctx: &'a Context<'a>,
+}
+
+impl<'a> ResultEnv<'a> {
+    fn new(policy: &Policy, results: &'a [CheckResult], phase: Phase, ctx: &'a Context<'a>) -> Self {
+        let by_slot: Vec<Option<&CheckResult>> = policy
+            .checks
+            .iter()
+            .map(|c| results.iter().find(|r| r.check == c.name))
+            .collect();
+        let kinds = by_slot.iter().map(|r| r.map(|r| evidence_of(r).kinds).unwrap_or_default()).collect();
+        ResultEnv { by_slot, kinds, phase, ctx }
+    }
+
+    fn result(&self, slot: usize) -> Option<&'a CheckResult> {
+        self.by_slot.get(slot).copied().flatten()
+    }
+}
+
+impl Env for ResultEnv<'_> {
+    fn check_num(&self, slot: usize, field: Field) -> f64 {
+        match (self.result(slot), field) {
+            (Some(r), Field::Score) => r.score,
+            (Some(r), Field::Count) => r.findings.len() as f64,
+            _ => 0.0,
+        }
+    }
+
+    fn check_bool(&self, slot: usize, field: Field) -> bool {
+        match (self.result(slot), field) {
+            (Some(r), Field::Hit) => r.hit,
+            (Some(r), Field::Error) => r.error.is_some(),
+            _ => false,
+        }
+    }
+
+    fn check_kinds(&self, slot: usize) -> &[String] {
+        self.kinds.get(slot).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn context(&self, var: ContextVar) -> &str {
+        match var {
+            ContextVar::Phase => self.phase.as_str(),
+            ContextVar::App => self.ctx.app,
+            ContextVar::Model => self.ctx.model,
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! `keel.toml`: the server configuration, its documented example, validation, and the
+//! command-line overrides that let `keel serve --upstream URL` run with no file at all.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use keel_core::Privacy;
+use keel_gateway::{ClientKey, GatewaySettings, UpstreamConfig};
+use keel_policy::source::{FieldPath, TomlSource};
+use serde::{Deserialize, Serialize};
+
+/// The example printed by `keel config example`; every field is documented here.
+pub const EXAMPLE: &str = r#"# keel.toml — Keel server configuration. Unknown fields are errors.
+
+# Address and port the gateway listens on. Without [[keys]], Keel only binds to loopback.
+listen = "127.0.0.1:8080"
+
+# Where interactions and the audit log are stored: sqlite://PATH (created if missing).
+store = "sqlite://keel.db"
+
+# The policy file to enforce. Omit it to use the built-in default pack (policies/default.toml).
+policy = "policies/default.toml"
+
+# Largest request body accepted, in bytes; larger requests get HTTP 413.
+max_body_bytes = 1048576
+
+# What is stored of apps not listed under [apps]: "full", "redacted" (PII replaced) or "none" (hashes only).
+default_privacy = "full"
+
+# Upstream OpenAI-compatible servers. A request goes to the first upstream serving its model.
+[[upstreams]]
+# A name for logs and errors.
+name = "local"
+# Base URL of the OpenAI-compatible API (ending in /v1 for most servers).
+base_url = "http://127.0.0.1:11434/v1"
+# Environment variable holding the upstream's API key; omit for servers without keys.
+api_key_env = "OPENAI_API_KEY"
+# Models this upstream serves. Omit to ask the upstream's /v1/models at start.
+models = ["llama3.2"]
+# Limit for establishing a connection, in milliseconds.
+connect_timeout_ms = 3000
+# Limit for a whole answer (or for each gap in a streamed answer), in milliseconds.
+request_timeout_ms = 120000
+# Extra attempts after a connection failure (never after the request reached the upstream).
+max_retries = 2
+
+# Client keys. Only the SHA-256 of each key is stored; `keel keys new` makes a key and its line.
+[[keys]]
+# The key's name, recorded as the actor in the audit log.
+name = "support-bot"
+# The app its traffic belongs to (for KPIs, filters and privacy).
+app = "support"
+# SHA-256 of the key, 64 hex characters.
+sha256 = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
+# Whether the key may use the Keel API under /api/ (interactions, explanations).
+admin = false
+
+# Per-app settings.
+[apps.support]
+# What is stored of this app's texts: "full", "redacted" or "none".
+privacy = "redacted"
+"#;
+
+/// `keel.toml` as written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// See [`EXAMPLE`].
+    pub listen: Option<String>,
+    /// See [`EXAMPLE`].
+    pub store: Option<String>,
+    /// See [`EXAMPLE`].
+    pub policy: Option<PathBuf>,
+    /// See [`EXAMPLE`].
+    pub max_body_bytes: Option<usize>,
+    /// See [`EXAMPLE`].
+    #[serde(default)]
+    pub default_privacy: Privacy,
+    /// See [`EXAMPLE`].
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamFile>,
+    /// See [`EXAMPLE`].
+    #[serde(default)]
+    pub keys: Vec<KeyFile>,
+    /// See [`EXAMPLE`].
+    #[serde(default)]
+    pub apps: HashMap<String, AppFile>,
+}
+
+/// One `[[upstreams]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    name: String,
+    base_url: String,
+    api_key_env: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_request_timeout")]
+    request_timeout_ms: u64,
+    #[serde(default = "default_retries")]
+    max_retries: u32,
+}
+
+fn default_connect_timeout() -> u64 {
+    3000
+}
+fn default_request_timeout() -> u64 {
+    120_000
+}
+fn default_retries() -> u32 {
+    2
+}
+
+/// One `[[keys]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    name: String,
+    app: String,
+    sha256: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+/// One `[apps.NAME]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppFile {
+    #[serde(default)]
+    privacy: Privacy,
+}
+
+/// Values given on the command line, which win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--upstream`
+    pub upstream: Option<String>,
+    /// `--policy`
+    pub policy: Option<PathBuf>,
+    /// `--store`
+    pub store: Option<String>,
+}
+
+/// The validated configuration a server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Store URL.
+    pub store: String,
+    /// Policy file; `None` means the built-in pack.
+    pub policy: Option<PathBuf>,
+    /// Upstreams in order.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Gateway settings.
+    pub gateway: GatewaySettings,
+    /// Notes for the operator about adjustments made (e.g. loopback only).
+    pub notices: Vec<String>,
+}
+
+/// `$KEEL_HOME`, or `~/.keel`.
+pub fn keel_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("KEEL_HOME") {
+        return PathBuf::from(home);
+    }
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".keel")
+}
+
+/// The store URL used when neither file nor flag names one.
+pub fn default_store_url(file_name: &str) -> anyhow::Result<String> {
+    let home = keel_home();
+    std::fs::create_dir_all(&home).with_context(|| format!("cannot create Keel's home directory {}", home.display()))?;
+    Ok(format!("sqlite://{}", home.join(file_name).display()))
+}
+
+/// Reads `path` (if given), applies overrides and validates everything.
+pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Config> {
+    let (file, source_text, file_name) = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the config file", path.display()))?;
+            let name = path.display().to_string();
+            let parsed: ConfigFile = TomlSource::new(&name, &text).deserialize()?;
+            (parsed, text, name)
+        }
+        None => (ConfigFile::default(), String::new(), "<command line>".to_string()),
+    };
+    validate(file, &source_text, &file_name, overrides)
+}
+
+/// Validates a parsed file (`text` is its source, for error locations).
+pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overrides) -> anyhow::Result<Config> {
+    let source = TomlSource::new(file_name, text);
+    let mut notices = Vec::new();
+
+    let listen_text = overrides.listen.clone().or(file.listen.clone()).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let mut listen: SocketAddr = listen_text.parse().map_err(|_| {
+        if overrides.listen.is_some() {
+            anyhow::anyhow!("--listen: `{listen_text}` is not an address like 127.0.0.1:8080")
+        } else {
+            source.error_at(&FieldPath::key("listen"), format!("`{listen_text}` is not an address like 127.0.0.1:8080")).into()
+        }
+    })?;
+
+    let mut upstreams = Vec::new();
+    if let Some(url) = &overrides.upstream {
+        check_url(url).map_err(|m| anyhow::anyhow!("--upstream: {m}"))?;
+        upstreams.push(UpstreamConfig {
+            name: "upstream".into(),
+            base_url: url.clone(),
+            api_key: std::env::var("KEEL_UPSTREAM_API_KEY").ok().filter(|k| !k.is_empty()),
+            models: Vec::new(),
+            connect_timeout: Duration::from_millis(default_connect_timeout()),
+            request_timeout: Duration::from_millis(default_request_timeout()),
+            max_retries: default_retries(),
+        });
+    } else {
+        let mut names = std::collections::HashSet::new();
+        for (i, u) in file.upstreams.iter().enumerate() {
+            let at = FieldPath::key("upstreams").index(i);
+            if !names.insert(u.name.clone()) {
+                bail!(source.error_at(&at.field("name"), format!("an upstream named `{}` is already defined", u.name)));
+            }
+            check_url(&u.base_url).map_err(|m| source.error_at(&at.field("base_url"), m))?;
+            if u.request_timeout_ms == 0 || u.connect_timeout_ms == 0 {
+                bail!(source.error_at(&at.field("request_timeout_ms"), "timeouts must be greater than 0"));
+            }
+            let api_key = match &u.api_key_env {
+                Some(var) => match std::env::var(var) {
+                    Ok(value) if !value.is_empty() => Some(value),
+                    _ => bail!(source.error_at(&at.field("api_key_env"), format!("environment variable `{var}` is not set"))),
+                },
+                None => None,
+            };
+            upstreams.push(UpstreamConfig {
+                name: u.name.clone(),
+                base_url: u.base_url.clone(),
+                api_key,
+                models: u.models.clone(),
+                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+                request_timeout: Duration::from_millis(u.request_timeout_ms),
+                max_retries: u.max_retries,
+            });
+        }
+    }
+    if upstreams.is_empty() {
+        bail!("no upstream configured: pass --upstream URL (e.g. http://127.0.0.1:11434/v1) or add [[upstreams]] to keel.toml");
+    }
+
+    let mut keys = Vec::new();
+    for (i, k) in file.keys.iter().enumerate() {
+        let at = FieldPath::key("keys").index(i);
+        let bytes = hex::decode(&k.sha256).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
+            source.error_at(&at.field("sha256"), "must be 64 hex characters (the SHA-256 of the key; see `keel keys new`)")
+        })?;
+        if k.app.trim().is_empty() {
+            bail!(source.error_at(&at.field("app"), "must not be empty"));
+        }
+        if keys.iter().any(|existing: &ClientKey| existing.sha256 == bytes) {
+            bail!(source.error_at(&at.field("sha256"), "the same key is configured twice"));
+        }
+        keys.push(ClientKey { name: k.name.clone(), app: k.app.clone(), sha256: bytes, admin: k.admin });
+    }
+    if keys.is_empty() && !listen.ip().is_loopback() {
+        notices.push(format!(
+            "no client keys are configured, so Keel listens on loopback only (127.0.0.1:{}) instead of {listen}",
+            listen.port()
+        ));
+        listen = SocketAddr::from(([127, 0, 0, 1], listen.port()));
+    }
+    if keys.is_empty() {
+        notices.push("no client keys configured: every local client is accepted as app `default`".into());
+    }
+
+    let max_body_bytes = file.max_body_bytes.unwrap_or(1 << 20);
+    if max_body_bytes < 1024 {
+        bail!(source.error_at(&FieldPath::key("max_body_bytes"), "must be at least 1024"));
+    }
+    let store = match overrides.store.or(file.store) {
+        Some(url) => url,
+        None => default_store_url("keel.db")?,
+    };
+    Ok(Config {
+        listen,
+        store,
+        policy: overrides.policy.or(file.policy),
+        upstreams,
+        gateway: GatewaySettings {
+            keys,
+            privacy: file.apps.iter().map(|(name, app)| (name.clone(), app.privacy)).collect(),
+            default_privacy: file.default_privacy,
+            max_body_bytes,
+        },
+        notices,
+    })
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+        Ok(u) => Err(format!("`{url}` must be an http or https URL, not {}", u.scheme())),
+        Err(e) => Err(format!("`{url}` is not a URL: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        std::env::set_var("KEEL_TEST_KEY_VAR", "sk-test");
+        let file: ConfigFile = TomlSource::new("keel.toml", text).deserialize()?;
+        validate(file, text, "keel.toml", Overrides { store: Some("sqlite::memory:".into()), ..Overrides::default() })
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        std::env::set_var("OPENAI_API_KEY", "sk-example");
+        let config = parse(EXAMPLE).unwrap();
+        assert_eq!(config.upstreams[0].models, vec!["llama3.2"]);
+        assert_eq!(config.gateway.keys[0].app, "support");
+        assert_eq!(config.gateway.privacy_of("support"), Privacy::Redacted);
+        assert_eq!(config.gateway.privacy_of("other"), Privacy::Full);
+    }
+
+    #[test]
+    fn unknown_fields_name_file_and_line() {
+        let err = parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err().to_string();
+        insta::assert_snapshot!(err, @r"keel.toml:2:1: unknown field `listen_port`, expected one of `listen`, `store`, `policy`, `max_body_bytes`, `default_privacy`, `upstreams`, `keys`, `apps`");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let text = "[[upstreams]]\nname = \"a\"\nbase_url = \"ftp://x\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        insta::assert_snapshot!(err, @"keel.toml:3:12: upstreams[0].base_url: `ftp://x` must be an http or https URL, not ftp");
+        let text = "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x/v1\"\n[[keys]]\nname = \"k\"\napp = \"a\"\nsha256 = \"abc\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.starts_with("keel.toml:7:10: keys[0].sha256: must be 64 hex characters"), "{err}");
+        let text = "listen = \"nowhere\"\n[[upstreams]]\nname = \"a\"\nbase_url = \"http://x/v1\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.starts_with("keel.toml:1:10: listen:"), "{err}");
+    }
+
+    #[test]
+    fn without_keys_only_loopback_is_used() {
+        let text = "listen = \"0.0.0.0:9000\"\n[[upstreams]]\nname = \"a\"\nbase_url = \"http://x/v1\"\n";
+        let config = parse(text).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
+        assert!(config.notices[0].contains("loopback only"));
+    }
+
+    #[test]
+    fn command_line_upstream_needs_no_file() {
+        let config = validate(
+            ConfigFile::default(),
+            "",
+            "<command line>",
+            Overrides { upstream: Some("http://127.0.0.1:11434/v1".into()), store: Some("sqlite::memory:".into()), ..Overrides::default() },
+        )
+        .unwrap();
+        assert_eq!(config.upstreams[0].base_url, "http://127.0.0.1:11434/v1");
+        assert!(config.upstreams[0].models.is_empty());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn no_upstream_is_a_clear_error() {
+        let err = validate(ConfigFile::default(), "", "<command line>", Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("no upstream configured"), "{err}");
+    }
+}

@@ -1,0 +1,244 @@
+//! `keel`: the one binary. It parses the command line, loads configuration and wires the
+//! library crates together; all behaviour lives in those crates.
+
+// A command-line tool prints its results to stdout by design.
+#![allow(clippy::print_stdout)]
+
+mod config;
+mod demo;
+mod serve;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use keel_store::{AuditStore, VerifyReport};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+#[derive(Parser)]
+#[command(name = "keel", version, about = "Keel keeps deployed LLM applications aligned while they run")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (keel.toml); optional when --upstream is given.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Base URL of an OpenAI-compatible upstream, e.g. http://127.0.0.1:11434/v1 (API key from KEEL_UPSTREAM_API_KEY).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Policy file (default: the built-in pack).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Store URL, e.g. sqlite://keel.db (default: $KEEL_HOME/keel.db).
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// Start Keel on the embedded defaults with a built-in demo model and show decisions.
+    Demo {
+        /// Address to listen on (a free port is used if it is busy).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Store URL (default: $KEEL_HOME/demo.db).
+        #[arg(long)]
+        store: Option<String>,
+        /// Exit after the demo requests instead of serving.
+        #[arg(long)]
+        exit: bool,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Client keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file and print a summary.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit non-zero at the first record changed, removed or reordered.
+    Verify {
+        /// Store URL (default: from --config, else $KEEL_HOME/keel.db).
+        #[arg(long)]
+        store: Option<String>,
+        /// Configuration file to take the store URL from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write the audit log as JSON lines.
+    Export {
+        /// Store URL (default: from --config, else $KEEL_HOME/keel.db).
+        #[arg(long)]
+        store: Option<String>,
+        /// Configuration file to take the store URL from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output file (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a documented example keel.toml.
+    Example,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new client key; prints the key once and the [[keys]] entry with its hash.
+    New {
+        /// The key's name (the actor in the audit log).
+        #[arg(long)]
+        name: String,
+        /// The app its traffic belongs to.
+        #[arg(long)]
+        app: String,
+        /// Allow the key to use the Keel API under /api/.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config, listen, upstream, policy, store } => {
+            let config = config::load(config.as_deref(), config::Overrides { listen, upstream, policy, store })?;
+            let gateway = serve::start(&config).await?;
+            tracing::info!(policy = %gateway.state.policy().reference(), "Keel listening on http://{}", gateway.addr);
+            println!("Keel listening on http://{}/v1", gateway.addr);
+            let summary = gateway.wait_for_signal_then_shutdown().await?;
+            tracing::info!(written = summary.written, "stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen, store, exit } => {
+            demo::run(listen, store, exit).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { command: PolicyCommand::Check { file } } => {
+            let policy = keel_policy::Policy::load(&file)?;
+            println!("{}: OK\n{}", file.display(), policy.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command: AuditCommand::Verify { store, config } } => {
+            let url = store_url(store, config)?;
+            let store = keel_store::resolve(&url).await.with_context(|| format!("cannot open {}", keel_store::redact_url(&url)))?;
+            match store.verify().await? {
+                VerifyReport::Ok { count, last_seq, last_hash } => {
+                    println!("OK: {count} audit records verified (last seq {last_seq}, hash {last_hash})");
+                    Ok(ExitCode::SUCCESS)
+                }
+                VerifyReport::Broken { seq, reason } => {
+                    println!("BROKEN at seq {seq}: {reason}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Audit { command: AuditCommand::Export { store, config, output } } => {
+            let url = store_url(store, config)?;
+            let store = keel_store::resolve(&url).await.with_context(|| format!("cannot open {}", keel_store::redact_url(&url)))?;
+            let count = match output {
+                Some(path) => {
+                    let mut file = tokio::fs::File::create(&path).await.with_context(|| format!("cannot create {}", path.display()))?;
+                    let n = keel_store::export_jsonl(store.as_ref(), &mut file).await?;
+                    tokio::io::AsyncWriteExt::flush(&mut file).await?;
+                    n
+                }
+                None => {
+                    let mut stdout = tokio::io::stdout();
+                    let n = keel_store::export_jsonl(store.as_ref(), &mut stdout).await?;
+                    tokio::io::AsyncWriteExt::flush(&mut stdout).await?;
+                    n
+                }
+            };
+            tracing::info!(records = count, "audit log exported");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Example } => {
+            print!("{}", config::EXAMPLE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::New { name, app, admin } } => {
+            let mut bytes = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut bytes);
+            let key = format!("keel_{}", hex::encode(bytes));
+            let hash = hex::encode(Sha256::digest(key.as_bytes()));
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "Key (shown once; give it to the client): {key}\n\nAdd to keel.toml:\n[[keys]]\nname = \"{name}\"\napp = \"{app}\"\nsha256 = \"{hash}\"\nadmin = {admin}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn store_url(store: Option<String>, config_path: Option<PathBuf>) -> anyhow::Result<String> {
+    if let Some(url) = store {
+        return Ok(url);
+    }
+    if let Some(path) = config_path {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the config file", path.display()))?;
+        let file: config::ConfigFile = keel_policy::source::TomlSource::new(path.display().to_string(), &text).deserialize()?;
+        if let Some(url) = file.store {
+            return Ok(url);
+        }
+    }
+    config::default_store_url("keel.db")
+}

@@ -1,0 +1,151 @@
+//! Running a gateway: wiring config, policy, store, writer and upstreams; serving until a
+//! shutdown signal; reloading the policy on SIGHUP; draining the writer on the way out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use keel_gateway::{AppState, Upstreams};
+use keel_policy::Policy;
+use keel_store::{AuditEntry, Store, Writer, WriterConfig, WriterHandle, WriterSummary};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// The built-in default policy pack.
+pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.toml");
+
+/// Loads the policy file, or the built-in pack when none is named.
+pub fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<(Policy, String)> {
+    match path {
+        Some(path) => Ok((Policy::load(path)?, path.display().to_string())),
+        None => Ok((Policy::parse("<built-in policies/default.toml>", DEFAULT_POLICY)?, "built-in".to_string())),
+    }
+}
+
+/// A gateway that is listening.
+pub struct RunningGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its shared state (policy, store…).
+    pub state: AppState,
+    server: JoinHandle<std::io::Result<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    writer: WriterHandle,
+    writer_task: JoinHandle<WriterSummary>,
+    policy_path: Option<std::path::PathBuf>,
+}
+
+impl RunningGateway {
+    /// Stops accepting connections, lets in-flight requests finish, and writes everything.
+    pub async fn shutdown(self) -> anyhow::Result<WriterSummary> {
+        let _ = self.shutdown.send(true);
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "server error"),
+            Err(e) => tracing::error!(error = %e, "server task failed"),
+        }
+        self.writer.close().await;
+        drop(self.state);
+        let summary = self.writer_task.await.context("the store writer failed")?;
+        Ok(summary)
+    }
+
+    /// Serves until Ctrl-C or SIGTERM (reloading the policy on SIGHUP), then shuts down cleanly.
+    pub async fn wait_for_signal_then_shutdown(self) -> anyhow::Result<WriterSummary> {
+        let reload_state = self.state.clone();
+        let policy_path = self.policy_path.clone();
+        wait_for_shutdown_signal(reload_state, policy_path).await;
+        tracing::info!("shutting down: finishing in-flight requests and writing every record");
+        self.shutdown().await
+    }
+}
+
+/// Starts a gateway for `config` and returns once it listens.
+pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
+    let (policy, policy_source) = load_policy(config.policy.as_deref())?;
+    let store: Arc<dyn Store> = keel_store::resolve(&config.store)
+        .await
+        .with_context(|| format!("cannot open the store {}", keel_store::redact_url(&config.store)))?;
+    let (writer, writer_task) = Writer::spawn(store.clone(), WriterConfig::default());
+    for notice in &config.notices {
+        tracing::warn!("{notice}");
+    }
+    writer
+        .record_audit(AuditEntry::now("system", "config.loaded", json!({
+            "listen": config.listen.to_string(),
+            "upstreams": config.upstreams.iter().map(|u| json!({"name": u.name, "base_url": u.base_url, "models": u.models})).collect::<Vec<_>>(),
+            "keys": config.gateway.keys.iter().map(|k| json!({"name": k.name, "app": k.app, "admin": k.admin})).collect::<Vec<_>>(),
+            "max_body_bytes": config.gateway.max_body_bytes,
+        })))
+        .await?;
+    writer.record_audit(policy_loaded(&policy, &policy_source)).await?;
+
+    let upstreams = Upstreams::new(config.upstreams.clone()).context("cannot build the upstream HTTP client")?;
+    upstreams.discover().await;
+    let state = AppState::new(config.gateway.clone(), Arc::new(policy), upstreams, store, writer.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let app = keel_gateway::router(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    Ok(RunningGateway { addr, state, server, shutdown, writer, writer_task, policy_path: config.policy.clone() })
+}
+
+fn policy_loaded(policy: &Policy, source: &str) -> AuditEntry {
+    AuditEntry::now("system", "policy.loaded", json!({
+        "policy": policy.reference().to_string(),
+        "source": source,
+        "sha256": policy.source_sha256(),
+    }))
+}
+
+/// Waits for Ctrl-C or SIGTERM; on SIGHUP reloads the policy (a bad file keeps the old one).
+async fn wait_for_shutdown_signal(state: AppState, policy_path: Option<std::path::PathBuf>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => reload(&state, policy_path.as_deref()).await,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (state, policy_path);
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Replaces the running policy with the file's current content, if it is valid.
+pub async fn reload(state: &AppState, path: Option<&std::path::Path>) {
+    match load_policy(path) {
+        Ok((policy, source)) => {
+            tracing::info!(policy = %policy.reference(), "policy reloaded");
+            state.audit(policy_loaded(&policy, &source)).await;
+            state.set_policy(Arc::new(policy));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, running = %state.policy().reference(), "policy reload refused; the running policy stays in force");
+            state
+                .audit(AuditEntry::now("system", "policy.reload_refused", json!({"error": e.to_string()})))
+                .await;
+        }
+    }
+}

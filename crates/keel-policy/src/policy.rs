@@ -566,3 +566,98 @@ impl Env for ResultEnv<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "name = \"t\"\nversion = \"1\"\n[messages]\nblock = { en = \"no\", ja = \"いいえ\" }\nescalate = { en = \"human\" }\n";
+
+    fn policy(body: &str) -> Result<Policy, SourceError> {
+        Policy::parse("p.toml", &format!("{HEADER}{body}"))
+    }
+
+    fn err(body: &str) -> String {
+        policy(body).unwrap_err().to_string()
+    }
+
+    const CTX: Context<'static> = Context { app: "support", model: "m", lang: Lang::En };
+
+    #[test]
+    fn the_default_pack_compiles() {
+        let p = Policy::parse("default.toml", include_str!("../../../policies/default.toml")).unwrap();
+        assert_eq!(p.reference().to_string(), "default@1.0.0");
+        assert!(p.summary().contains("block-injection"));
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_field() {
+        insta::assert_snapshot!(err("[[checks]]\nname = \"pii\"\nkind = \"pii\"\n[[rules]]\nname = \"r\"\nwhen = \"pii && secret\"\naction = \"block\"\n"),
+            @"p.toml:11:16: rules[0].when: unknown check `secret` (this policy's checks: pii)");
+        insta::assert_snapshot!(err("[[checks]]\nname = \"r\"\nkind = \"regex\"\npatterns = [{ kind = \"x\", pattern = \"(\" }]\n"),
+            @"p.toml:9:37: checks[0].patterns[0].pattern: invalid regular expression: error: unclosed group");
+        insta::assert_snapshot!(err("[[checks]]\nname = \"Bad Name\"\nkind = \"pii\"\n"),
+            @"p.toml:7:8: checks[0].name: `Bad Name` is not a valid check name (use lowercase letters, digits and _, starting with a letter)");
+        insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"telepathy\"\n"),
+            @"p.toml:6:1: unknown variant `telepathy`, expected one of `regex`, `keywords`, `pii`, `secret`, `injection`, `length`");
+        insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"pii\"\ncolour = \"red\"\n"),
+            @"p.toml:6:1: unknown field `colour`, expected one of `name`, `phase`, `threshold`, `max_input_bytes`, `kinds`");
+        insta::assert_snapshot!(err("[[rules]]\nname = \"r\"\nwhen = \"true\"\naction = \"explode\"\n"),
+            @"p.toml:9:10: unknown variant `explode`, expected one of `allow`, `flag`, `redact`, `escalate`, `block`");
+        insta::assert_snapshot!(err("[[checks]]\nname = \"inj\"\nkind = \"injection\"\nphase = \"input\"\n[[rules]]\nname = \"r\"\nphase = \"output\"\nwhen = \"inj\"\naction = \"block\"\n"),
+            @"p.toml:14:8: rules[0].when: reads check `inj`, which never runs in this rule's phase (output vs input)");
+        insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"pii\"\nthreshold = 2.0\n"),
+            @"p.toml:9:13: checks[0].threshold: must be between 0 and 1");
+    }
+
+    #[test]
+    fn a_syntax_error_is_located() {
+        let e = Policy::parse("p.toml", "name = \"t\"\nversion = \n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn first_matching_rule_by_priority_wins() {
+        let p = policy("[[checks]]\nname = \"pii\"\nkind = \"pii\"\n[[rules]]\nname = \"late\"\npriority = 50\nwhen = \"pii\"\naction = \"block\"\n[[rules]]\nname = \"early\"\npriority = 5\nwhen = \"pii\"\naction = \"flag\"\n").unwrap();
+        let j = p.judge(Phase::Input, &[TextPart { message: Some(0), text: "mail a.b@example.com" }], &CTX);
+        assert_eq!(j.decision.action, Action::Flag);
+        assert_eq!(j.decision.rule.as_deref(), Some("early"));
+        assert_eq!(j.decision.evidence[0].kinds, vec!["email"]);
+        let j = p.judge(Phase::Input, &[TextPart { message: Some(0), text: "nothing here" }], &CTX);
+        assert_eq!(j.decision.action, Action::Allow);
+        assert_eq!(j.decision.rule, None);
+    }
+
+    #[test]
+    fn redaction_rewrites_each_part_and_block_replies_in_the_users_language() {
+        let p = policy("[[checks]]\nname = \"pii\"\nkind = \"pii\"\n[[checks]]\nname = \"bad\"\nkind = \"keywords\"\nwords = [\"爆弾\"]\n[[rules]]\nname = \"b\"\nwhen = \"bad\"\naction = \"block\"\n[[rules]]\nname = \"r\"\nwhen = \"pii\"\naction = \"redact\"\n").unwrap();
+        let parts = [
+            TextPart { message: Some(0), text: "hello" },
+            TextPart { message: Some(1), text: "call +1 415 555 0100 now" },
+        ];
+        let j = p.judge(Phase::Input, &parts, &CTX);
+        assert_eq!(j.decision.action, Action::Redact);
+        assert_eq!(j.redacted, vec![None, Some("call [PHONE] now".to_string())]);
+        let ja = Context { lang: Lang::Ja, ..CTX };
+        let j = p.judge(Phase::Input, &[TextPart { message: Some(0), text: "爆弾の作り方" }], &ja);
+        assert_eq!(j.decision.action, Action::Block);
+        assert_eq!(j.reply.as_deref(), Some("いいえ"));
+        let j = p.judge(Phase::Input, &[TextPart { message: Some(0), text: "爆弾" }], &CTX);
+        assert_eq!(j.reply.as_deref(), Some("no"));
+    }
+
+    #[test]
+    fn check_errors_follow_the_failure_mode() {
+        let body = "[[checks]]\nname = \"pii\"\nkind = \"pii\"\nmax_input_bytes = 10\n[[rules]]\nname = \"r\"\nwhen = \"pii\"\naction = \"redact\"\n";
+        let closed = policy(body).unwrap();
+        let long = "a perfectly harmless but long text";
+        let j = closed.judge(Phase::Input, &[TextPart { message: Some(0), text: long }], &CTX);
+        assert_eq!(j.decision.action, Action::Block);
+        assert!(j.decision.reason.contains("fails closed"), "{}", j.decision.reason);
+        assert!(j.results[0].error.is_some());
+        let open = Policy::parse("p.toml", &format!("on_check_error = \"fail_open\"\n{HEADER}{body}")).unwrap();
+        let j = open.judge(Phase::Input, &[TextPart { message: Some(0), text: long }], &CTX);
+        assert_eq!(j.decision.action, Action::Allow);
+        assert_eq!(j.decision.evidence[0].error.as_deref(), Some("text of 34 bytes exceeds this check's max_input_bytes of 10"));
+    }
+}

@@ -212,7 +212,7 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Res
         return error(StatusCode::INTERNAL_SERVER_ERROR, "scripted failure");
     }
     let model = body["model"].as_str().unwrap_or_default().to_string();
-    if !shared.options.models.iter().any(|m| *m == model) {
+    if !shared.options.models.contains(&model) {
         return error(StatusCode::NOT_FOUND, &format!("The model `{model}` does not exist"));
     }
     if !shared.options.delay.is_zero() {

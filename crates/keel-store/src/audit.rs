@@ -78,8 +78,8 @@ pub fn record_hash(
 
 /// Builds the record that follows `prev` (`None` for the first record of a chain).
 ///
-/// The timestamp is truncated to what the store keeps (nanoseconds, UTC), so the record
-/// returned equals the one read back later.
+/// The timestamp is moved to UTC, as the store keeps it, so the record returned equals the
+/// one read back later.
 pub fn next_record(
     prev: Option<(i64, &str)>,
     at: OffsetDateTime,
@@ -109,6 +109,21 @@ pub fn next_record(
 /// The payload text stored for an explicit audit entry: its JSON, compact.
 pub fn entry_payload(entry: &AuditEntry) -> String {
     entry.payload.to_string()
+}
+
+/// Refuses entries whose time has no fixed-width RFC 3339 form (years outside 0000..=9999),
+/// before anything is written.
+pub fn check_entries(entries: &[AuditEntry]) -> Result<()> {
+    match entries
+        .iter()
+        .find(|e| !(0..=9999).contains(&e.at.to_offset(UtcOffset::UTC).year()))
+    {
+        Some(e) => Err(StoreError::InvalidInput {
+            what: format!("the audit entry `{}` by `{}`", e.action, e.actor),
+            reason: format!("its time {} is outside the years 0000..=9999", e.at),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The actor of the audit record every stored interaction gets.
@@ -557,6 +572,16 @@ mod tests {
             GENESIS_HASH,
         );
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn entries_outside_the_fixed_width_years_are_refused() {
+        let mut entry = AuditEntry::now("cli", "x", serde_json::json!({}));
+        assert!(check_entries(std::slice::from_ref(&entry)).is_ok());
+        entry.at = datetime!(1000-01-01 0:00 UTC) - time::Duration::days(366 * 1001);
+        let err = check_entries(&[entry]).unwrap_err();
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("outside the years"), "{err}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-use crate::audit::{batch_records, format_at, parse_at};
+use crate::audit::{batch_records, check_entries, format_at, parse_at};
 use crate::error::{Result, StoreError};
 use crate::store::{AuditStore, HandoffStore, InteractionStore, Store};
 use crate::types::{
@@ -107,7 +107,11 @@ impl SqliteStore {
         } else {
             let path = options.get_filename();
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                if !dir.is_dir() {
+                let is_dir = tokio::fs::metadata(dir)
+                    .await
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false);
+                if !is_dir {
                     return Err(StoreError::MissingDirectory {
                         path: path.to_path_buf(),
                         dir: dir.to_path_buf(),
@@ -591,6 +595,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         // Convert everything first: a value that cannot be stored fails before any I/O.
+        check_entries(&batch.audit)?;
         let rows = batch
             .interactions
             .iter()

@@ -47,8 +47,11 @@ fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
     Ok(OffsetDateTime::now_utc() - time::Duration::seconds(seconds))
 }
 
-async fn audit_admin(state: &AppState, caller: &Caller, uri: &Uri) {
+/// Records the admin read, then waits until everything queued before it is stored, so a
+/// client reading right after its own request sees that request.
+async fn audit_admin(state: &AppState, caller: &Caller, uri: &Uri) -> Result<(), ApiError> {
     state.audit(AuditEntry::now(caller.key_name.clone(), "admin.read", json!({"path": uri.to_string()}))).await;
+    state.writer().flush().await.map_err(ApiError::internal)
 }
 
 /// `GET /api/interactions?since=&until=&app=&action=&check=&limit=&before=`
@@ -77,7 +80,7 @@ pub async fn list_interactions(
             .map(|b| b.parse::<InteractionId>().map_err(|_| ApiError::invalid("before", "`before` must be an interaction id")))
             .transpose()?,
     };
-    audit_admin(&state, &caller, &uri).await;
+    audit_admin(&state, &caller, &uri).await?;
     let items = state.store().list_interactions(&filter).await.map_err(ApiError::internal)?;
     let next = (items.len() as u32 == filter.effective_limit()).then(|| items.last().map(|i| i.id.to_string())).flatten();
     Ok(Json(json!({"object": "list", "data": items, "next_before": next})))
@@ -92,7 +95,7 @@ pub async fn get_interaction(
 ) -> Result<Json<Value>, ApiError> {
     let caller = authenticate_admin(&state, &headers)?;
     let id: InteractionId = id.parse().map_err(|_| ApiError::invalid("id", "not an interaction id"))?;
-    audit_admin(&state, &caller, &uri).await;
+    audit_admin(&state, &caller, &uri).await?;
     match state.store().get_interaction(id).await.map_err(ApiError::internal)? {
         Some(interaction) => Ok(Json(json!({
             "interaction": interaction,

@@ -44,7 +44,7 @@ impl SseParser {
                 break;
             }
             let line = std::str::from_utf8(&self.buffer[consumed..end]).map_err(|_| SseError::InvalidUtf8)?;
-            self.line(line, &mut events);
+            handle_line(&mut self.data, line, &mut events);
             consumed = end + 1;
             if self.buffer[end] == b'\r' && self.buffer.get(end + 1) == Some(&b'\n') {
                 consumed += 1;
@@ -64,33 +64,34 @@ impl SseParser {
             let rest = std::mem::take(&mut self.buffer);
             let line = std::str::from_utf8(&rest).map_err(|_| SseError::InvalidUtf8)?;
             let line = line.trim_end_matches('\r').to_string();
-            self.line(&line, &mut events);
+            handle_line(&mut self.data, &line, &mut events);
         }
         Ok(events.pop().or_else(|| self.data.take()))
     }
+}
 
-    fn line(&mut self, line: &str, events: &mut Vec<String>) {
-        if line.is_empty() {
-            if let Some(data) = self.data.take() {
-                events.push(data);
-            }
-            return;
+/// Applies one line to the event being collected, completing it on a blank line.
+fn handle_line(data: &mut Option<String>, line: &str, events: &mut Vec<String>) {
+    if line.is_empty() {
+        if let Some(complete) = data.take() {
+            events.push(complete);
         }
-        if line.starts_with(':') {
-            return;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        if field == "data" {
-            match &mut self.data {
-                Some(data) => {
-                    data.push('\n');
-                    data.push_str(value);
-                }
-                None => self.data = Some(value.to_string()),
+        return;
+    }
+    if line.starts_with(':') {
+        return;
+    }
+    let (field, value) = match line.split_once(':') {
+        Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+        None => (line, ""),
+    };
+    if field == "data" {
+        match data {
+            Some(existing) => {
+                existing.push('\n');
+                existing.push_str(value);
             }
+            None => *data = Some(value.to_string()),
         }
     }
 }

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use keel_scripted_upstream::{Options, Script};
-use keel_store::AuditStore;
 use serde_json::{json, Value};
 
 use crate::config::{self, Config, Overrides};

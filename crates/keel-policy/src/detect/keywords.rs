@@ -173,7 +173,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        assert_eq!(KeywordMatcher::new(&[], false).err(), Some(KeywordError::EmptyList));
+        assert_eq!(
+            KeywordMatcher::new(&[], false).err(),
+            Some(KeywordError::EmptyList)
+        );
         let err = KeywordMatcher::new(&words(&["ok", " "]), false).err();
         assert_eq!(err, Some(KeywordError::EmptyWord { index: 1 }));
         assert_eq!(
@@ -244,7 +247,7 @@ mod tests {
 
         #[test]
         fn full_width_keyword_is_found(word in "[a-z0-9]{2,10}", pre in "[a-z ]{0,10}", post in "[a-z ]{0,10}") {
-            let m = KeywordMatcher::new(&[word.clone()], true).unwrap();
+            let m = KeywordMatcher::new(std::slice::from_ref(&word), true).unwrap();
             let fw = full_width(&word.to_uppercase());
             let text = format!("{pre} {fw} {post}");
             let hits = found(&m, &text);

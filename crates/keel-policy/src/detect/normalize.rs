@@ -37,8 +37,16 @@ impl Normalized {
             return Normalized {
                 text: original.to_ascii_lowercase(),
                 segments: vec![
-                    Segment { norm: 0, orig: 0, aligned: true },
-                    Segment { norm: original.len(), orig: original.len(), aligned: true },
+                    Segment {
+                        norm: 0,
+                        orig: 0,
+                        aligned: true,
+                    },
+                    Segment {
+                        norm: original.len(),
+                        orig: original.len(),
+                        aligned: true,
+                    },
                 ],
             };
         }
@@ -146,7 +154,9 @@ impl Normalized {
         if seg.aligned {
             seg.orig + (pos - seg.norm)
         } else {
-            self.segments.get(idx + 1).map_or(seg.orig, |next| next.orig)
+            self.segments
+                .get(idx + 1)
+                .map_or(seg.orig, |next| next.orig)
         }
     }
 }
@@ -180,7 +190,11 @@ impl<'a> Builder<'a> {
         if aligned && self.segments.last().is_some_and(|s| s.aligned) {
             return;
         }
-        self.segments.push(Segment { norm, orig, aligned });
+        self.segments.push(Segment {
+            norm,
+            orig,
+            aligned,
+        });
     }
 
     fn flush_pending(&mut self, upto: usize) {
@@ -346,7 +360,9 @@ mod tests {
     #[test]
     fn fast_ranges_are_really_stable() {
         for cp in 0x3000u32..=0xD7A3 {
-            let Some(c) = char::from_u32(cp) else { continue };
+            let Some(c) = char::from_u32(cp) else {
+                continue;
+            };
             if !fast_stable(c) {
                 continue;
             }
@@ -354,13 +370,23 @@ mod tests {
             let nfkc: String = s.nfkc().collect();
             assert_eq!(nfkc, s, "U+{cp:04X} changes under NFKC");
             assert!(lowercase_is_self(c), "U+{cp:04X} changes under lowercase");
-            assert_eq!(canonical_combining_class(c), 0, "U+{cp:04X} is not a starter");
+            assert_eq!(
+                canonical_combining_class(c),
+                0,
+                "U+{cp:04X} is not a starter"
+            );
         }
     }
 
     #[test]
     fn matches_plain_nfkc_lowercase_on_common_text() {
-        for s in ["ＡＢＣ１２３", "ｶﾞｲﾄﾞ", "Ｔｏｋｙｏ　Ｔｏｗｅｒ", "①②", "ﾃｽﾄ　ＤＡＴＡ"] {
+        for s in [
+            "ＡＢＣ１２３",
+            "ｶﾞｲﾄﾞ",
+            "Ｔｏｋｙｏ　Ｔｏｗｅｒ",
+            "①②",
+            "ﾃｽﾄ　ＤＡＴＡ",
+        ] {
             let expected: String = s.nfkc().collect::<String>().to_lowercase();
             assert_eq!(normalize(s), expected, "{s}");
         }

@@ -9,7 +9,7 @@
 use std::net::Ipv6Addr;
 use std::str::FromStr;
 
-use keel_core::{Finding, Span};
+use keel_core::Finding;
 use serde::{Deserialize, Serialize};
 
 use super::finding;
@@ -230,7 +230,10 @@ enum Sep {
     Hyphen,
     Dot,
     /// `(` before a group; `spaced` when a space precedes it (`+1 (415)`).
-    Open { spaced: bool, at: usize },
+    Open {
+        spaced: bool,
+        at: usize,
+    },
     /// `)` after a group, optionally followed by a space or hyphen.
     Close,
 }
@@ -560,7 +563,13 @@ fn parse_sep(t: &[u8], p: usize) -> Option<(Sep, usize)> {
             },
             2,
         ),
-        b'(' if digit_at(1) => (Sep::Open { spaced: false, at: p }, 1),
+        b'(' if digit_at(1) => (
+            Sep::Open {
+                spaced: false,
+                at: p,
+            },
+            1,
+        ),
         b')' if digit_at(1) => (Sep::Close, 1),
         b')' if matches!(rest.get(1), Some(b' ' | b'-')) && digit_at(2) => (Sep::Close, 2),
         b'-' if digit_at(1) => (Sep::Hyphen, 1),
@@ -649,7 +658,9 @@ fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    // Not `is_multiple_of`: the workspace still supports Rust 1.85.
+    let rem = sum % 10;
+    rem == 0
 }
 
 fn is_my_number(d: &Digits, lens: &[usize], seps: &[Sep]) -> bool {
@@ -1060,8 +1071,14 @@ mod tests {
             found("write to Taro.Yamada+news@Mail.Example.co.jp."),
             one("email", "Taro.Yamada+news@Mail.Example.co.jp")
         );
-        assert_eq!(found("連絡先はtaro@example.comです"), one("email", "taro@example.com"));
-        assert_eq!(found("ｔａｒｏ＠ｅｘａｍｐｌｅ．ｃｏｍ"), one("email", "ｔａｒｏ＠ｅｘａｍｐｌｅ．ｃｏｍ"));
+        assert_eq!(
+            found("連絡先はtaro@example.comです"),
+            one("email", "taro@example.com")
+        );
+        assert_eq!(
+            found("ｔａｒｏ＠ｅｘａｍｐｌｅ．ｃｏｍ"),
+            one("email", "ｔａｒｏ＠ｅｘａｍｐｌｅ．ｃｏｍ")
+        );
         for bad in [
             "a@b",
             "a@b.c",
@@ -1090,8 +1107,19 @@ mod tests {
         ] {
             assert_eq!(found(&format!("call {p} now")), one("phone", p), "{p}");
         }
-        for bad in ["+1 (115) 555-0100", "+0 1234 5678", "415-055-0100", "+81 0 1234", "1234-5678"] {
-            assert!(found(&format!("call {bad} now")).iter().all(|(k, _)| k != "phone"), "{bad}");
+        for bad in [
+            "+1 (115) 555-0100",
+            "+0 1234 5678",
+            "415-055-0100",
+            "+81 0 1234",
+            "1234-5678",
+        ] {
+            assert!(
+                found(&format!("call {bad} now"))
+                    .iter()
+                    .all(|(k, _)| k != "phone"),
+                "{bad}"
+            );
         }
     }
 
@@ -1153,7 +1181,10 @@ mod tests {
             ("411111111111111111", &[4, 4, 4, 4, 3]),
         ] {
             let number = card(body);
-            assert_eq!(found(&format!("card {number}.")), one("credit_card", &number));
+            assert_eq!(
+                found(&format!("card {number}.")),
+                one("credit_card", &number)
+            );
             let mut spaced = String::new();
             let mut pos = 0;
             for (i, len) in fmt.iter().enumerate() {
@@ -1163,11 +1194,22 @@ mod tests {
                 spaced.push_str(&number[pos..pos + len]);
                 pos += len;
             }
-            assert_eq!(found(&format!("カード{spaced}で")), one("credit_card", &spaced));
+            assert_eq!(
+                found(&format!("カード{spaced}で")),
+                one("credit_card", &spaced)
+            );
             let hyphened = spaced.replace(' ', "-");
-            assert_eq!(found(&format!("card: {hyphened}")), one("credit_card", &hyphened));
+            assert_eq!(
+                found(&format!("card: {hyphened}")),
+                one("credit_card", &hyphened)
+            );
             let bad = bump_last(&number);
-            assert!(found(&format!("card {bad}.")).iter().all(|(k, _)| k != "credit_card"), "{bad}");
+            assert!(
+                found(&format!("card {bad}."))
+                    .iter()
+                    .all(|(k, _)| k != "credit_card"),
+                "{bad}"
+            );
         }
         // Luhn-valid but no known issuer prefix.
         assert!(found(&format!("card {}", card("123456789012345"))).is_empty());
@@ -1182,13 +1224,25 @@ mod tests {
 
     #[test]
     fn my_numbers() {
-        for first in ["12345678901", "98765432109", "11111111111", "00000000000", "50000000007"] {
+        for first in [
+            "12345678901",
+            "98765432109",
+            "11111111111",
+            "00000000000",
+            "50000000007",
+        ] {
             let number = format!("{first}{}", my_number_digit(first));
-            assert_eq!(found(&format!("マイナンバーは{number}です")), one("my_number", &number));
+            assert_eq!(
+                found(&format!("マイナンバーは{number}です")),
+                one("my_number", &number)
+            );
             let spaced = format!("{} {} {}", &number[..4], &number[4..8], &number[8..]);
             assert_eq!(found(&format!("番号 {spaced}")), one("my_number", &spaced));
             let hyphened = spaced.replace(' ', "-");
-            assert_eq!(found(&format!("番号 {hyphened}")), one("my_number", &hyphened));
+            assert_eq!(
+                found(&format!("番号 {hyphened}")),
+                one("my_number", &hyphened)
+            );
             assert!(found(&format!("番号 {}", bump_last(&number))).is_empty());
         }
     }
@@ -1203,7 +1257,11 @@ mod tests {
             "NL91 ABNA 0417 1643 00",
             "BE68 5390 0754 7034",
         ] {
-            assert_eq!(found(&format!("IBAN: {iban}.")), one("iban", iban), "{iban}");
+            assert_eq!(
+                found(&format!("IBAN: {iban}.")),
+                one("iban", iban),
+                "{iban}"
+            );
         }
         for bad in [
             "GB82 WEST 1234 5698 7654 33",
@@ -1212,7 +1270,12 @@ mod tests {
             "GB82 WEST 12345698765432",
             "ZZ82 WEST 1234 5698 7654 32",
         ] {
-            assert!(found(&format!("IBAN: {bad}")).iter().all(|(k, _)| k != "iban"), "{bad}");
+            assert!(
+                found(&format!("IBAN: {bad}"))
+                    .iter()
+                    .all(|(k, _)| k != "iban"),
+                "{bad}"
+            );
         }
     }
 
@@ -1227,12 +1290,26 @@ mod tests {
         for bad in ["1.2.3.4.5", "256.1.1.1", "01.2.3.4", "v1.2.3.4", "1.2.3"] {
             assert!(found(&format!("x {bad} y")).is_empty(), "{bad}");
         }
-        for ip in ["2001:db8::1", "fe80::1ff:fe23:4567:890a", "::1", "2001:0db8:0000:0000:0000:ff00:0042:8329"] {
+        for ip in [
+            "2001:db8::1",
+            "fe80::1ff:fe23:4567:890a",
+            "::1",
+            "2001:0db8:0000:0000:0000:ff00:0042:8329",
+        ] {
             assert_eq!(found(&format!("addr {ip} ok")), one("ipv6", ip), "{ip}");
         }
         assert_eq!(found("addr:2001:db8::1."), one("ipv6", "2001:db8::1"));
-        assert_eq!(found("::ffff:192.168.0.1"), one("ipv6", "::ffff:192.168.0.1"));
-        for bad in ["12:30:45", "std::fmt", "a::b", "dead::beef", "00:1a:2b:3c:4d:5e"] {
+        assert_eq!(
+            found("::ffff:192.168.0.1"),
+            one("ipv6", "::ffff:192.168.0.1")
+        );
+        for bad in [
+            "12:30:45",
+            "std::fmt",
+            "a::b",
+            "dead::beef",
+            "00:1a:2b:3c:4d:5e",
+        ] {
             assert!(found(&format!("at {bad} x")).is_empty(), "{bad}");
         }
     }
@@ -1241,12 +1318,25 @@ mod tests {
     fn postal_codes() {
         assert_eq!(found("〒123-4567 東京都"), one("postal_code", "123-4567"));
         assert_eq!(found("〒1234567"), one("postal_code", "1234567"));
-        assert_eq!(found("郵便番号：１２３４５６７"), one("postal_code", "１２３４５６７"));
-        assert_eq!(found("住所 123-4567 東京都"), one("postal_code", "123-4567"));
+        assert_eq!(
+            found("郵便番号：１２３４５６７"),
+            one("postal_code", "１２３４５６７")
+        );
+        assert_eq!(
+            found("住所 123-4567 東京都"),
+            one("postal_code", "123-4567")
+        );
         assert_eq!(found("ZIP 94105-1234"), one("postal_code", "94105-1234"));
         assert_eq!(found("London SW1A 1AA, UK"), one("postal_code", "SW1A 1AA"));
         assert_eq!(found("M1 1AE"), one("postal_code", "M1 1AE"));
-        for bad in ["1234567", "123-4567-89", "1-123-4567", "sw1a 1aa", "94105", "12345-678"] {
+        for bad in [
+            "1234567",
+            "123-4567-89",
+            "1-123-4567",
+            "sw1a 1aa",
+            "94105",
+            "12345-678",
+        ] {
             assert!(found(&format!("x {bad} y")).is_empty(), "{bad}");
         }
     }

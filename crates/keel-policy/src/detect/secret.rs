@@ -50,7 +50,10 @@ enum Marker {
     Jwt,
     Pem,
     /// A name like `password`; `assign` separators (`=`, `:`) or, for `Bearer`, a space.
-    Keyword { bearer: bool, japanese: bool },
+    Keyword {
+        bearer: bool,
+        japanese: bool,
+    },
 }
 
 /// Markers, matched ASCII-case-insensitively; token markers re-check their exact case.
@@ -86,7 +89,13 @@ const MARKERS: &[(&str, Marker)] = &[
     ("access_key", KEYWORD),
     ("private_key", KEYWORD),
     ("credentials", KEYWORD),
-    ("bearer", Marker::Keyword { bearer: true, japanese: false }),
+    (
+        "bearer",
+        Marker::Keyword {
+            bearer: true,
+            japanese: false,
+        },
+    ),
     ("パスワード", JA_KEYWORD),
     ("ﾊﾟｽﾜｰﾄﾞ", JA_KEYWORD),
     ("暗証番号", JA_KEYWORD),
@@ -157,7 +166,7 @@ impl SecretDetector {
             }
             // Token markers are case-sensitive and must not continue a longer token.
             if &t[s..e] != literal.as_bytes()
-                || (s > 0 && is_token_byte(t[s - 1]) && marker != Marker::Pem)
+                || (s > 0 && is_token_byte(&t[s - 1]) && marker != Marker::Pem)
             {
                 continue;
             }
@@ -165,8 +174,9 @@ impl SecretDetector {
                 Marker::Aws => aws(t, e).map(|end| (AWS_ACCESS_KEY, end)),
                 Marker::Github => exact_run(t, e, 36, u8::is_ascii_alphanumeric, is_token_byte)
                     .map(|end| (GITHUB_TOKEN, end)),
-                Marker::GithubPat => exact_run(t, e, 82, is_word_byte, is_token_byte)
-                    .map(|end| (GITHUB_TOKEN, end)),
+                Marker::GithubPat => {
+                    exact_run(t, e, 82, is_word_byte, is_token_byte).map(|end| (GITHUB_TOKEN, end))
+                }
                 Marker::OpenAi => keyish(t, e, 20).map(|end| (OPENAI_KEY, end)),
                 Marker::Anthropic => keyish(t, e, 20).map(|end| (ANTHROPIC_KEY, end)),
                 Marker::Slack => slack(t, e).map(|end| (SLACK_TOKEN, end)),
@@ -222,8 +232,9 @@ fn is_word_byte(b: &u8) -> bool {
 }
 
 fn run_end(t: &[u8], from: usize, ok: impl Fn(&u8) -> bool) -> usize {
-    t.get(from..)
-        .map_or(from, |rest| from + rest.iter().take_while(|b| ok(b)).count())
+    t.get(from..).map_or(from, |rest| {
+        from + rest.iter().take_while(|b| ok(b)).count()
+    })
 }
 
 /// Exactly `len` bytes accepted by `ok` after `from`, not followed by a `cont` byte.
@@ -261,8 +272,7 @@ fn keyish(t: &[u8], from: usize, min: usize) -> Option<usize> {
         .or_else(|| body.strip_prefix(b"svcacct-"))
         .or_else(|| body.strip_prefix(b"admin-"))
         .unwrap_or(body);
-    let mixed =
-        body.iter().any(u8::is_ascii_digit) && body.iter().any(u8::is_ascii_alphabetic);
+    let mixed = body.iter().any(u8::is_ascii_digit) && body.iter().any(u8::is_ascii_alphabetic);
     (body.len() >= min && mixed).then_some(end)
 }
 
@@ -288,8 +298,7 @@ fn jwt(t: &[u8], s: usize) -> Option<usize> {
         return None;
     }
     let sig_end = run_end(t, p_end + 1, is_b64);
-    (sig_end - (p_end + 1) >= 8 && !t.get(sig_end).is_some_and(|b| *b == b'.'))
-        .then_some(sig_end)
+    (sig_end - (p_end + 1) >= 8 && t.get(sig_end).is_none_or(|b| *b != b'.')).then_some(sig_end)
 }
 
 /// A `-----BEGIN … PRIVATE KEY-----` header; the span runs to its END line when present.
@@ -297,7 +306,8 @@ fn pem(text: &str, s: usize, e: usize, end_cache: &mut Option<Option<usize>>) ->
     let rest = text.get(e..)?;
     let label_len = find_within(rest.as_bytes(), b"-----", 48)?;
     let label = &rest[..label_len];
-    if !label.ends_with("PRIVATE KEY") || !label.bytes().all(|b| b.is_ascii_uppercase() || b == b' ')
+    if !label.ends_with("PRIVATE KEY")
+        || !label.bytes().all(|b| b.is_ascii_uppercase() || b == b' ')
     {
         return None;
     }
@@ -448,8 +458,14 @@ mod tests {
 
     #[test]
     fn aws_keys() {
-        assert_eq!(found("key AKIAIOSFODNN7EXAMPLE ok"), one("aws_access_key", "AKIAIOSFODNN7EXAMPLE"));
-        assert_eq!(found("ASIA1234567890ABCDEF"), one("aws_access_key", "ASIA1234567890ABCDEF"));
+        assert_eq!(
+            found("key AKIAIOSFODNN7EXAMPLE ok"),
+            one("aws_access_key", "AKIAIOSFODNN7EXAMPLE")
+        );
+        assert_eq!(
+            found("ASIA1234567890ABCDEF"),
+            one("aws_access_key", "ASIA1234567890ABCDEF")
+        );
         assert!(found("AKIAIOSFODNN7EXAMPLEX").is_empty());
         assert!(found("xAKIAIOSFODNN7EXAMPLE").is_empty());
         assert!(found("akiaiosfodnn7example").is_empty());
@@ -469,8 +485,14 @@ mod tests {
     #[test]
     fn openai_and_anthropic_keys() {
         let oa = "sk-proj-Abc123Def456Ghi789Jkl012Mno345";
-        assert_eq!(found(&format!("OPENAI_API_KEY {oa}")), one("openai_key", oa));
-        assert_eq!(found("sk-AbCdEfGhIjKlMnOp1234567890"), one("openai_key", "sk-AbCdEfGhIjKlMnOp1234567890"));
+        assert_eq!(
+            found(&format!("OPENAI_API_KEY {oa}")),
+            one("openai_key", oa)
+        );
+        assert_eq!(
+            found("sk-AbCdEfGhIjKlMnOp1234567890"),
+            one("openai_key", "sk-AbCdEfGhIjKlMnOp1234567890")
+        );
         let an = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUv1234567890";
         assert_eq!(found(&format!("key={an}")), one("anthropic_key", an));
         assert!(found("sk-this-is-a-very-long-slug-without-digits").is_empty());
@@ -489,21 +511,31 @@ mod tests {
         assert!(found("AIzaShort").is_empty());
         let st = "sk_live_4eC39HqLyjWDarjtT1zdp7dc";
         assert_eq!(found(&format!("stripe {st}")), one("stripe_key", st));
-        assert_eq!(found("rk_live_51H8abcdEFGH1234ijkl"), one("stripe_key", "rk_live_51H8abcdEFGH1234ijkl"));
+        assert_eq!(
+            found("rk_live_51H8abcdEFGH1234ijkl"),
+            one("stripe_key", "rk_live_51H8abcdEFGH1234ijkl")
+        );
         assert!(found("sk_test_4eC39HqLyjWDarjtT1zdp7dc").is_empty());
     }
 
     #[test]
     fn jwts() {
-        assert_eq!(found(&format!("Authorization: Bearer {JWT_SAMPLE}")), one("jwt", JWT_SAMPLE));
+        assert_eq!(
+            found(&format!("Authorization: Bearer {JWT_SAMPLE}")),
+            one("jwt", JWT_SAMPLE)
+        );
         assert!(found("eyJhbGciOiJIUzI1NiJ9.notjson.sig").is_empty());
         assert!(found("eyJhbGciOiJIUzI1NiJ9").is_empty());
     }
 
     #[test]
     fn private_keys() {
-        let key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY-----";
-        assert_eq!(found(&format!("here:\n{key}\nthanks")), one("private_key", key));
+        let key =
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY-----";
+        assert_eq!(
+            found(&format!("here:\n{key}\nthanks")),
+            one("private_key", key)
+        );
         assert_eq!(
             found("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk"),
             one("private_key", "-----BEGIN OPENSSH PRIVATE KEY-----")
@@ -514,13 +546,34 @@ mod tests {
 
     #[test]
     fn generic_assignments() {
-        assert_eq!(found(r#"password = "Xk9#mP2$vL7qR4""#), one("generic_secret", "Xk9#mP2$vL7qR4"));
-        assert_eq!(found("DB_PASSWORD=Xk9mP2vL7qR4tZ ok"), one("generic_secret", "Xk9mP2vL7qR4tZ"));
-        assert_eq!(found(r#"{"api_key": "q8Zr3LmN5xTb7Kd1"}"#), one("generic_secret", "q8Zr3LmN5xTb7Kd1"));
-        assert_eq!(found("token: a1B2c3D4e5F6g7H8"), one("generic_secret", "a1B2c3D4e5F6g7H8"));
-        assert_eq!(found("パスワード：Xk9mP2vL7qR4tZです"), one("generic_secret", "Xk9mP2vL7qR4tZ"));
-        assert_eq!(found("ﾊﾟｽﾜｰﾄﾞは Xk9mP2vL7qR4tZ"), one("generic_secret", "Xk9mP2vL7qR4tZ"));
-        assert_eq!(found("Authorization: Bearer q8Zr3LmN5xTb7Kd1"), one("generic_secret", "q8Zr3LmN5xTb7Kd1"));
+        assert_eq!(
+            found(r#"password = "Xk9#mP2$vL7qR4""#),
+            one("generic_secret", "Xk9#mP2$vL7qR4")
+        );
+        assert_eq!(
+            found("DB_PASSWORD=Xk9mP2vL7qR4tZ ok"),
+            one("generic_secret", "Xk9mP2vL7qR4tZ")
+        );
+        assert_eq!(
+            found(r#"{"api_key": "q8Zr3LmN5xTb7Kd1"}"#),
+            one("generic_secret", "q8Zr3LmN5xTb7Kd1")
+        );
+        assert_eq!(
+            found("token: a1B2c3D4e5F6g7H8"),
+            one("generic_secret", "a1B2c3D4e5F6g7H8")
+        );
+        assert_eq!(
+            found("パスワード：Xk9mP2vL7qR4tZです"),
+            one("generic_secret", "Xk9mP2vL7qR4tZ")
+        );
+        assert_eq!(
+            found("ﾊﾟｽﾜｰﾄﾞは Xk9mP2vL7qR4tZ"),
+            one("generic_secret", "Xk9mP2vL7qR4tZ")
+        );
+        assert_eq!(
+            found("Authorization: Bearer q8Zr3LmN5xTb7Kd1"),
+            one("generic_secret", "q8Zr3LmN5xTb7Kd1")
+        );
         // Low entropy, too short, references and non-assignments are not secrets.
         assert!(found(r#"password = "aaaaaaaaaaaaaaaa""#).is_empty());
         assert!(found("password = hunter2").is_empty());

@@ -172,8 +172,7 @@ mod tests {
     #[test]
     fn forward_pass_matches_a_hand_computed_network() {
         // 384 inputs, all weights of unit 0 = 1/384 → h1[0] = mean(x); second unit negative → 0.
-        let mut w_h1 = vec![vec![1.0 / 384.0; 384], vec![-1.0; 384]];
-        w_h1[1][0] = -1.0;
+        let w_h1 = vec![vec![1.0 / 384.0; 384], vec![-1.0; 384]];
         let json = serde_json::json!({
             "w_h1": w_h1, "b_h1": [0.0, 0.0],
             "w_h2": [[2.0, 5.0]], "b_h2": [-0.5],
@@ -185,7 +184,7 @@ mod tests {
         // h1 = [1, 0]; h2 = relu(2*1 + 0 - 0.5) = 1.5; out = sigmoid(1.5 + 0.25)
         let expected = 1.0 / (1.0 + (-1.75f32).exp());
         assert!((c.score(&x) - expected).abs() < 1e-6);
-        // ReLU clamps: all-negative input gives h1 = [0, 384] → h2 = relu(1920 - .5)
+        // ReLU clamps: all-negative input gives h1 = [0, 384] → h2 = relu(5·384 − 0.5)
         let y = vec![-1.0; 384];
         assert!(c.score(&y) > 0.99);
     }

@@ -55,42 +55,68 @@ mod perf_tmp {
         let pii = PiiDetector::new(&PiiKind::ALL);
         let sec = SecretDetector::new();
         let inj = InjectionDetector::new();
-        let kw = KeywordMatcher::new(&["bomb".to_string(), "爆弾".to_string(), "kill".to_string(), "weapon".to_string()], true).unwrap();
+        let kw = KeywordMatcher::new(
+            &[
+                "bomb".to_string(),
+                "爆弾".to_string(),
+                "kill".to_string(),
+                "weapon".to_string(),
+            ],
+            true,
+        )
+        .unwrap();
         for (name, base) in [("en", en), ("ja", ja)] {
             for size in [1024usize, 16 * 1024] {
                 let text = make(base, size);
                 let iters = (64 * 1024 * 1024 / size).max(1);
-                let mut run = |label: &str, f: &dyn Fn(&str) -> usize| {
+                let run = |label: &str, f: &dyn Fn(&str) -> usize| {
                     let t0 = Instant::now();
                     let mut acc = 0;
                     for _ in 0..iters {
                         acc += f(std::hint::black_box(&text));
                     }
                     let secs = t0.elapsed().as_secs_f64();
-                    println!("{name} {size:>6} {label:<10} {:>8.1} MB/s ({acc})", (size * iters) as f64 / secs / 1e6);
+                    println!(
+                        "{name} {size:>6} {label:<10} {:>8.1} MB/s ({acc})",
+                        (size * iters) as f64 / secs / 1e6
+                    );
                 };
                 run("normalize", &|t| Normalized::new(t).text.len());
-                for (i, p) in injection::override_patterns().into_iter().chain(injection::jailbreak_patterns()).chain(injection::prompt_leak_patterns()).enumerate() {
-                    let re = regex::Regex::new(&p).unwrap();
+                for (i, p) in injection::specs().into_iter().enumerate() {
+                    let re = regex::Regex::new(&p.pattern).unwrap();
                     let l = format!("p{i}");
                     run(&l, &|t| re.find_iter(t).count());
                 }
-                let all: Vec<String> = injection::override_patterns().into_iter().chain(injection::jailbreak_patterns()).chain(injection::prompt_leak_patterns()).collect();
+                let all: Vec<String> = injection::specs().into_iter().map(|s| s.pattern).collect();
                 let comb = regex::Regex::new(&all.join("|")).unwrap();
                 run("combined", &|t| comb.find_iter(t).count());
                 for (cat, re) in &inj.phrases {
                     let l = format!("{cat:?}");
                     run(&l, &|t| re.find_iter(t).count());
                 }
-                if let Some(re) = &inj.encoded_trigger { run("enc", &|t| re.find_iter(t).count()); }
+                if let Some(re) = &inj.encoded_trigger {
+                    run("enc", &|t| re.find_iter(t).count());
+                }
                 run("hidden", &|t| injection::hidden_runs(t).len());
+                run("gates", &|t| inj.open_phrases(t).count_ones() as usize);
+                let words: Vec<&str> = injection::specs().iter().flat_map(|s| s.gates.iter().copied()).filter(|g| g.is_ascii()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+                let std_ac = aho_corasick::AhoCorasick::builder().match_kind(aho_corasick::MatchKind::Standard).build(&words).unwrap();
+                let lf_ac = aho_corasick::AhoCorasick::builder().match_kind(aho_corasick::MatchKind::LeftmostFirst).build(&words).unwrap();
+                run("ac-ovl", &|t| std_ac.find_overlapping_iter(t).count());
+                run("ac-std", &|t| std_ac.find_iter(t).count());
+                run("ac-lf", &|t| lf_ac.find_iter(t).count());
+                let rs = regex::Regex::new(&words.iter().map(|w| regex::escape(w)).collect::<Vec<_>>().join("|")).unwrap();
+                run("re-alt", &|t| rs.find_iter(t).count());
                 run("pii", &|t| pii.find(t).len());
                 run("secret", &|t| sec.find(t).len());
                 run("injection", &|t| inj.scan(t).1.len());
                 run("keywords", &|t| kw.find(&Normalized::new(t)).len());
                 run("all-shared", &|t| {
                     let n = Normalized::new(t);
-                    pii.find_in(t, &n).len() + sec.find(t).len() + inj.scan_in(t, &n).1.len() + kw.find(&n).len()
+                    pii.find_in(t, &n).len()
+                        + sec.find(t).len()
+                        + inj.scan_in(t, &n).1.len()
+                        + kw.find(&n).len()
                 });
             }
         }

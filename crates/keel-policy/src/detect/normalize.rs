@@ -74,6 +74,17 @@ impl Normalized {
                 i = j;
                 continue;
             }
+            if let Some(end) = fast_stable_run(bytes, i) {
+                if i > group_start {
+                    builder.close_group(group_start, i, group_stable, group_multi);
+                }
+                // Like an ASCII run: only the last char can take following marks.
+                group_start = end - 3;
+                group_stable = true;
+                group_multi = false;
+                i = end;
+                continue;
+            }
             let Some(c) = original[i..].chars().next() else {
                 break;
             };
@@ -260,6 +271,24 @@ fn classify(c: char) -> (bool, bool) {
 fn lowercase_is_self(c: char) -> bool {
     let mut lower = c.to_lowercase();
     lower.next() == Some(c) && lower.next().is_none()
+}
+
+/// End of the run of three-byte [`fast_stable`] chars starting at `i`, if there is one.
+/// Decoding by hand keeps Japanese text on a tight loop.
+#[inline]
+fn fast_stable_run(bytes: &[u8], i: usize) -> Option<usize> {
+    let mut j = i;
+    while let Some(&[b0, b1, b2]) = bytes.get(j..j + 3) {
+        if !(0xE3..=0xED).contains(&b0) {
+            break;
+        }
+        let cp = (u32::from(b0 & 0x0F) << 12) | (u32::from(b1 & 0x3F) << 6) | u32::from(b2 & 0x3F);
+        if !char::from_u32(cp).is_some_and(fast_stable) {
+            break;
+        }
+        j += 3;
+    }
+    (j > i).then_some(j)
 }
 
 /// Common CJK ranges that NFKC and lowercase leave untouched, checked without table lookups

@@ -152,7 +152,11 @@ impl PiiDetector {
         };
         let mut i = 0;
         let mut v6_done = 0;
-        while i < t.len() {
+        loop {
+            i = next_interesting(t, i);
+            if i >= t.len() {
+                break;
+            }
             match t[i] {
                 b'0'..=b'9' => {
                     if let Some(end) = scan.letters_then_digits(i, original, normalized) {
@@ -182,6 +186,36 @@ impl PiiDetector {
         }
         out
     }
+}
+
+/// Position of the next digit, `:` or `@` at or after `i` (or `t.len()`).
+///
+/// Most text has none of these, so eight bytes are tested at a time (SWAR): a byte in
+/// `0x30..=0x3A` (digits and `:`) or equal to `0x40` (`@`) stops the skip.
+fn next_interesting(t: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = t.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let low7 = x & (ONES * 0x7F);
+        // Bytes b with 0x2F < b < 0x3B (ASCII only: `!x` masks bytes with the high bit).
+        let between = (ONES * (0x7F + 0x3B)).wrapping_sub(low7)
+            & !x
+            & low7.wrapping_add(ONES * (0x7F - 0x2F))
+            & HIGH;
+        let y = x ^ (ONES * 0x40);
+        let at_sign = y.wrapping_sub(ONES) & !y & HIGH;
+        if between | at_sign != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < t.len() && !matches!(t[i], b'0'..=b':' | b'@') {
+        i += 1;
+    }
+    i
 }
 
 /// Keeps the best candidate of each cluster of overlapping ones, then sorts by start.

@@ -56,8 +56,8 @@ enum Marker {
     },
 }
 
-/// Markers, matched ASCII-case-insensitively; token markers re-check their exact case.
-const MARKERS: &[(&str, Marker)] = &[
+/// Markers of provider tokens, matched exactly.
+const TOKEN_MARKERS: &[(&str, Marker)] = &[
     ("AKIA", Marker::Aws),
     ("ASIA", Marker::Aws),
     ("ghp_", Marker::Github),
@@ -68,16 +68,19 @@ const MARKERS: &[(&str, Marker)] = &[
     ("github_pat_", Marker::GithubPat),
     ("sk-", Marker::OpenAi),
     ("sk-ant-", Marker::Anthropic),
-    ("xoxa-", Marker::Slack),
-    ("xoxb-", Marker::Slack),
-    ("xoxp-", Marker::Slack),
-    ("xoxr-", Marker::Slack),
-    ("xoxs-", Marker::Slack),
+    ("xox", Marker::Slack),
     ("AIza", Marker::Google),
     ("sk_live_", Marker::Stripe),
     ("rk_live_", Marker::Stripe),
     ("eyJ", Marker::Jwt),
     ("-----BEGIN ", Marker::Pem),
+];
+
+/// Names of secrets in assignments, matched in lower, upper and capitalised case.
+///
+/// Spelling out the cases (instead of a case-insensitive automaton) keeps the automaton's
+/// vectorised prefilter, which case-insensitive matching turns off.
+const KEYWORDS: &[(&str, Marker)] = &[
     ("password", KEYWORD),
     ("passwd", KEYWORD),
     ("pwd", KEYWORD),
@@ -88,7 +91,6 @@ const MARKERS: &[(&str, Marker)] = &[
     ("api-key", KEYWORD),
     ("access_key", KEYWORD),
     ("private_key", KEYWORD),
-    ("credentials", KEYWORD),
     (
         "bearer",
         Marker::Keyword {
@@ -124,6 +126,8 @@ const MAX_QUOTED: usize = 512;
 #[derive(Debug, Clone)]
 pub struct SecretDetector {
     markers: Option<AhoCorasick>,
+    /// What each automaton pattern announces, by pattern id.
+    kinds: Vec<Marker>,
 }
 
 impl Default for SecretDetector {
@@ -135,8 +139,10 @@ impl Default for SecretDetector {
 impl SecretDetector {
     /// Builds the marker automaton once; reuse the detector across texts.
     pub fn new() -> Self {
+        let (literals, kinds) = marker_patterns();
         SecretDetector {
-            markers: build_markers().ok(),
+            markers: build_markers(&literals).ok(),
+            kinds,
         }
     }
 
@@ -154,7 +160,7 @@ impl SecretDetector {
             if m.start() < consumed {
                 continue;
             }
-            let Some(&(literal, marker)) = MARKERS.get(m.pattern().as_usize()) else {
+            let Some(&marker) = self.kinds.get(m.pattern().as_usize()) else {
                 continue;
             };
             let (s, e) = (m.start(), m.end());
@@ -164,10 +170,8 @@ impl SecretDetector {
                 }
                 continue;
             }
-            // Token markers are case-sensitive and must not continue a longer token.
-            if &t[s..e] != literal.as_bytes()
-                || (s > 0 && is_token_byte(&t[s - 1]) && marker != Marker::Pem)
-            {
+            // A token marker must not continue a longer token.
+            if s > 0 && is_token_byte(&t[s - 1]) && marker != Marker::Pem {
                 continue;
             }
             let found = match marker {
@@ -216,11 +220,33 @@ impl SecretDetector {
     }
 }
 
-fn build_markers() -> Result<AhoCorasick, aho_corasick::BuildError> {
+/// Every literal the automaton looks for, with what it announces.
+fn marker_patterns() -> (Vec<String>, Vec<Marker>) {
+    let mut literals: Vec<String> = Vec::new();
+    let mut kinds = Vec::new();
+    for &(literal, marker) in TOKEN_MARKERS {
+        literals.push(literal.to_string());
+        kinds.push(marker);
+    }
+    for &(word, marker) in KEYWORDS {
+        let mut capitalised = word.to_string();
+        if let Some(first) = capitalised.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        for variant in [word.to_string(), word.to_ascii_uppercase(), capitalised] {
+            if !literals.contains(&variant) {
+                literals.push(variant);
+                kinds.push(marker);
+            }
+        }
+    }
+    (literals, kinds)
+}
+
+fn build_markers(literals: &[String]) -> Result<AhoCorasick, aho_corasick::BuildError> {
     AhoCorasick::builder()
         .match_kind(MatchKind::LeftmostLongest)
-        .ascii_case_insensitive(true)
-        .build(MARKERS.iter().map(|(literal, _)| literal))
+        .build(literals)
 }
 
 fn is_token_byte(b: &u8) -> bool {
@@ -276,7 +302,15 @@ fn keyish(t: &[u8], from: usize, min: usize) -> Option<usize> {
     (body.len() >= min && mixed).then_some(end)
 }
 
+/// `xox` + one of `abprs` + `-` + a body of at least 10 chars with a digit.
 fn slack(t: &[u8], from: usize) -> Option<usize> {
+    if !matches!(
+        t.get(from..from + 2)?,
+        [b'a' | b'b' | b'p' | b'r' | b's', b'-']
+    ) {
+        return None;
+    }
+    let from = from + 2;
     let end = run_end(t, from, |b| b.is_ascii_alphanumeric() || *b == b'-');
     let body = &t[from..end];
     (body.len() >= 10 && body.iter().any(u8::is_ascii_digit)).then_some(end)
@@ -452,8 +486,14 @@ mod tests {
 
     #[test]
     fn markers_build() {
-        assert!(build_markers().is_ok());
+        let (literals, kinds) = marker_patterns();
+        assert_eq!(literals.len(), kinds.len());
+        // Past 64 literals the automaton loses its vectorised prefilter.
+        assert!(literals.len() <= 64, "{} literals", literals.len());
+        assert!(build_markers(&literals).is_ok());
         assert!(SecretDetector::new().markers.is_some());
+        assert!(literals.contains(&"Password".to_string()));
+        assert!(literals.contains(&"API_KEY".to_string()));
     }
 
     #[test]
@@ -469,6 +509,7 @@ mod tests {
         assert!(found("AKIAIOSFODNN7EXAMPLEX").is_empty());
         assert!(found("xAKIAIOSFODNN7EXAMPLE").is_empty());
         assert!(found("akiaiosfodnn7example").is_empty());
+        assert!(found("xoxz-1234567890abc").is_empty());
         assert!(found("ASIAPACIFICREGIONSXX").is_empty());
     }
 

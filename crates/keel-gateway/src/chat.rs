@@ -363,7 +363,7 @@ async fn reply_without_upstream(state: &AppState, record: Record, reply: String,
     let reason = record.decisions.last().map(|d| d.reason.clone()).unwrap_or_default();
     let app = record.caller.app.clone();
     let interaction = record.finish(Outcome::Completed, 200, None, "", &[]);
-    let handoff = (action == Action::Escalate).then(|| HandoffRequest { interaction_id: id, app, created_at: interaction.created_at, reason });
+    let handoff = (action == Action::Escalate).then_some(HandoffRequest { interaction_id: id, app, created_at: interaction.created_at, reason });
     state.record(interaction, handoff).await;
     if stream {
         let chunk_id = format!("chatcmpl-keel-{id}");

@@ -10,7 +10,7 @@ use keel_core::Action;
 use keel_gateway::{key_hash, AppState, ClientKey, GatewaySettings, UpstreamConfig, Upstreams};
 use keel_policy::Policy;
 use keel_scripted_upstream::{Options, Reply, RunningUpstream, Script};
-use keel_store::{AuditStore, HandoffFilter, HandoffStore, InteractionStore, Store, Writer, WriterConfig};
+use keel_store::{HandoffFilter, Store, Writer, WriterConfig};
 use serde_json::{json, Value};
 
 const DEFAULT_POLICY: &str = include_str!("../../../policies/default.toml");

@@ -6,7 +6,7 @@
 //! hide them), in English and Japanese; each category contributes once to a score in
 //! `[0, 1]`, and everyday text ("please ignore the typo in my previous message") scores 0.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, Input, MatchKind};
 use keel_core::{Finding, Span};
 use regex::Regex;
 
@@ -254,27 +254,40 @@ struct Gates {
 }
 
 impl Gates {
-    fn new(words: &[&str], masks: Vec<u64>) -> Self {
+    fn new(words: &[&str], mut masks: Vec<u64>) -> Self {
+        // A gate found inside a longer one can be hidden by it, so the longer gate also
+        // opens what the shorter one opens.
+        for (i, outer) in words.iter().enumerate() {
+            for (j, inner) in words.iter().enumerate() {
+                if i != j && outer.contains(inner) {
+                    masks[i] |= masks[j];
+                }
+            }
+        }
+        // Leftmost-first keeps the vectorised prefilter, which standard (overlapping)
+        // matching does not have.
         let automaton = AhoCorasick::builder()
-            .match_kind(MatchKind::Standard)
+            .match_kind(MatchKind::LeftmostFirst)
             .build(words)
             .ok();
         Gates { automaton, masks }
     }
 
     fn open(&self, hay: &str) -> u64 {
-        let Some(automaton) = &self.automaton else {
-            // Without gates every phrase is tried: slower, never wrong.
-            return self.masks.iter().fold(0, |a, m| a | m);
-        };
         let all = self.masks.iter().fold(0, |a, m| a | m);
+        let Some(automaton) = &self.automaton else {
+            return all; // without gates every phrase is tried: slower, never wrong
+        };
         let mut open = 0u64;
-        // Overlapping, so `filter` inside `unfiltered` does not hide `unfilter`.
-        for m in automaton.find_overlapping_iter(hay) {
+        let mut pos = 0;
+        // Restarting one byte after each match start finds every position where a gate
+        // starts, so partly overlapping gates are not lost.
+        while let Some(m) = automaton.find(Input::new(hay).range(pos..)) {
             open |= self.masks.get(m.pattern().as_usize()).copied().unwrap_or(0);
             if open == all {
                 break;
             }
+            pos = m.start() + 1;
         }
         open
     }
@@ -466,11 +479,10 @@ pub(super) fn hidden_runs(text: &str) -> Vec<Span> {
     let bytes = text.as_bytes();
     let mut runs: Vec<Span> = Vec::new();
     let mut i = 0;
-    while i < bytes.len() {
-        // Every hidden char is encoded with one of these lead bytes.
-        if !matches!(bytes[i], 0xE2 | 0xEF | 0xF3) {
-            i += 1;
-            continue;
+    loop {
+        i = next_hidden_lead(bytes, i);
+        if i >= bytes.len() {
+            break;
         }
         let Some(c) = text.get(i..).and_then(|s| s.chars().next()) else {
             i += 1;
@@ -486,6 +498,30 @@ pub(super) fn hidden_runs(text: &str) -> Vec<Span> {
         i += len;
     }
     runs
+}
+
+/// Position of the next byte that can start a hidden char (`0xE2`, `0xEF` or `0xF3`, the
+/// UTF-8 lead bytes of every range in [`is_hidden`]), testing eight bytes at a time.
+fn next_hidden_lead(bytes: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let has = |b: u64| {
+            let y = x ^ (ONES * b);
+            y.wrapping_sub(ONES) & !y & HIGH
+        };
+        if has(0xE2) | has(0xEF) | has(0xF3) != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && !matches!(bytes[i], 0xE2 | 0xEF | 0xF3) {
+        i += 1;
+    }
+    i
 }
 
 fn is_hidden(text: &str, c: char, at: usize, len: usize) -> bool {

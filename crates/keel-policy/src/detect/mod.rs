@@ -99,13 +99,32 @@ mod perf_tmp {
                 }
                 run("hidden", &|t| injection::hidden_runs(t).len());
                 run("gates", &|t| inj.open_phrases(t).count_ones() as usize);
-                let words: Vec<&str> = injection::specs().iter().flat_map(|s| s.gates.iter().copied()).filter(|g| g.is_ascii()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-                let std_ac = aho_corasick::AhoCorasick::builder().match_kind(aho_corasick::MatchKind::Standard).build(&words).unwrap();
-                let lf_ac = aho_corasick::AhoCorasick::builder().match_kind(aho_corasick::MatchKind::LeftmostFirst).build(&words).unwrap();
+                let words: Vec<&str> = injection::specs()
+                    .iter()
+                    .flat_map(|s| s.gates.iter().copied())
+                    .filter(|g| g.is_ascii())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let std_ac = aho_corasick::AhoCorasick::builder()
+                    .match_kind(aho_corasick::MatchKind::Standard)
+                    .build(&words)
+                    .unwrap();
+                let lf_ac = aho_corasick::AhoCorasick::builder()
+                    .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                    .build(&words)
+                    .unwrap();
                 run("ac-ovl", &|t| std_ac.find_overlapping_iter(t).count());
                 run("ac-std", &|t| std_ac.find_iter(t).count());
                 run("ac-lf", &|t| lf_ac.find_iter(t).count());
-                let rs = regex::Regex::new(&words.iter().map(|w| regex::escape(w)).collect::<Vec<_>>().join("|")).unwrap();
+                let rs = regex::Regex::new(
+                    &words
+                        .iter()
+                        .map(|w| regex::escape(w))
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                )
+                .unwrap();
                 run("re-alt", &|t| rs.find_iter(t).count());
                 run("pii", &|t| pii.find(t).len());
                 run("secret", &|t| sec.find(t).len());

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_core::Action;
+use keel_core::{Action, Privacy};
 use keel_gateway::{key_hash, AppState, ClientKey, GatewaySettings, UpstreamConfig, Upstreams};
 use keel_policy::Policy;
 use keel_scripted_upstream::{Options, Reply, RunningUpstream, Script};
@@ -37,6 +37,10 @@ fn script() -> Script {
 }
 
 async fn start_with(options: Options, keys: bool, upstream_override: Option<String>, timeout: Duration) -> Harness {
+    start_private(options, keys, upstream_override, timeout, Privacy::Full).await
+}
+
+async fn start_private(options: Options, keys: bool, upstream_override: Option<String>, timeout: Duration, privacy: Privacy) -> Harness {
     let upstream = keel_scripted_upstream::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), script(), options).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("keel.db").display());
@@ -61,7 +65,7 @@ async fn start_with(options: Options, keys: bool, upstream_override: Option<Stri
     } else {
         Vec::new()
     };
-    let settings = GatewaySettings { keys: key_list, privacy: Default::default(), default_privacy: Default::default(), max_body_bytes: 64 * 1024 };
+    let settings = GatewaySettings { keys: key_list, privacy: Default::default(), default_privacy: privacy, max_body_bytes: 64 * 1024 };
     let state = AppState::new(settings, Arc::new(policy), upstreams, store.clone(), writer);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -322,4 +326,63 @@ async fn every_decision_is_in_a_verifiable_audit_chain() {
     let records = h.store.audit_records(1, i64::MAX, 100).await.unwrap();
     assert_eq!(records.iter().filter(|r| r.action == "decision").count(), 3);
     assert!(h.store.verify().await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn privacy_settings_control_what_text_is_stored() {
+    let prompt = "my email is taro@example.jp, please email me";
+    for privacy in [Privacy::Full, Privacy::Redacted, Privacy::None] {
+        let h = start_private(Options::default(), false, None, Duration::from_secs(5), privacy).await;
+        let response = h.chat(prompt, false).await;
+        let id = header(&response, "x-keel-interaction-id");
+        let stored = h.stored(&id).await;
+        let request = stored.request.text.clone().unwrap_or_default();
+        let answer = stored.response.text.clone().unwrap_or_default();
+        match privacy {
+            Privacy::Full => {
+                assert!(request.contains("taro@example.jp"));
+                assert!(answer.contains("carol.white@example.com"), "the model's original answer is kept: {answer}");
+            }
+            Privacy::Redacted => {
+                assert!(!request.contains("taro@example.jp") && request.contains("[EMAIL]"), "{request}");
+                assert_eq!(answer, "Sure, write to [EMAIL] and we will answer within a day.");
+            }
+            Privacy::None => {
+                assert!(stored.request.text.is_none() && stored.response.text.is_none());
+            }
+        }
+        assert_eq!(stored.request.sha256.len(), 64, "a hash is always kept");
+        assert_eq!(stored.response.sha256, hex_sha256("Sure, write to carol.white@example.com and we will answer within a day."));
+    }
+}
+
+fn hex_sha256(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+#[tokio::test]
+async fn the_api_filters_by_check_action_and_time() {
+    let h = start().await;
+    for text in ["hello", "please email me", "mail me at a.b@example.com"] {
+        h.chat(text, false).await.text().await.unwrap();
+    }
+    let list = |query: &str| {
+        let url = format!("{}/api/interactions?{query}", h.base);
+        let client = h.client.clone();
+        async move { client.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert_eq!(list("check=pii").await["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list("action=allow").await["data"].as_array().unwrap().len(), 1);
+    assert_eq!(list("since=1h").await["data"].as_array().unwrap().len(), 3);
+    assert_eq!(list("until=2000-01-01T00:00:00Z").await["data"].as_array().unwrap().len(), 0);
+    let first = list("limit=2").await;
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    let next = first["next_before"].as_str().unwrap().to_string();
+    assert_eq!(list(&format!("limit=2&before={next}")).await["data"].as_array().unwrap().len(), 1);
+    let bad = h.client.get(format!("{}/api/interactions?since=yesterday", h.base)).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"]["param"], "since");
+    let missing = h.client.get(format!("{}/api/interactions/01a2088d-ca59-743c-957f-ebd8624d65ba", h.base)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
 }

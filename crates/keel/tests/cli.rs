@@ -187,3 +187,70 @@ async fn sigterm_drains_every_acknowledged_interaction() {
     let verify = keel(&["audit", "verify", "--store", &store], home.path());
     assert!(verify.status.success(), "{}", stdout(&verify));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_valid_policy_and_keeps_the_running_one_on_errors() {
+    let upstream = keel_scripted_upstream::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), Script::echo(), Options::default())
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let policy = home.path().join("policy.toml");
+    let original = std::fs::read_to_string(repo_file("policies/default.toml")).unwrap();
+    std::fs::write(&policy, &original).unwrap();
+    let store = format!("sqlite://{}", home.path().join("keel.db").display());
+    let mut child = Command::new(KEEL)
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &upstream.base_url(), "--store", &store])
+        .args(["--policy", policy.to_str().unwrap()])
+        .env("KEEL_HOME", home.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("Keel listening on ").unwrap().to_string();
+    let client = reqwest::Client::new();
+    let policy_header = || {
+        let client = client.clone();
+        let url = format!("{base}/chat/completions");
+        async move {
+            let body = serde_json::json!({"model": "scripted-1", "messages": [{"role": "user", "content": "hi"}]});
+            let response = client.post(url).json(&body).send().await.unwrap();
+            response.headers()["x-keel-policy"].to_str().unwrap().to_string()
+        }
+    };
+    let hup = |pid: u32| Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    let wait_for = |want: &'static str| {
+        let policy_header = policy_header.clone();
+        async move {
+            for _ in 0..100 {
+                if policy_header().await == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+    assert_eq!(policy_header().await, "default@1.0.0");
+
+    std::fs::write(&policy, original.replace("when = \"injection.score >= 0.8\"", "when = \"injection.scor >= 0.8\"")).unwrap();
+    hup(child.id());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(policy_header().await, "default@1.0.0", "a bad file leaves the running policy in force");
+
+    std::fs::write(&policy, original.replace("version = \"1.0.0\"", "version = \"1.1.0\"")).unwrap();
+    hup(child.id());
+    assert!(wait_for("default@1.1.0").await, "the new version is in force without a restart");
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let export = keel(&["audit", "export", "--store", &store], home.path());
+    let actions: Vec<String> = stdout(&export)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].as_str().unwrap().to_string())
+        .collect();
+    assert!(actions.contains(&"policy.reload_refused".to_string()), "{actions:?}");
+    assert_eq!(actions.iter().filter(|a| *a == "policy.loaded").count(), 2, "{actions:?}");
+}

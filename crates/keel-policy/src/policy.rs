@@ -599,7 +599,7 @@ mod tests {
         insta::assert_snapshot!(err("[[checks]]\nname = \"Bad Name\"\nkind = \"pii\"\n"),
             @"p.toml:7:8: checks[0].name: `Bad Name` is not a valid check name (use lowercase letters, digits and _, starting with a letter)");
         insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"telepathy\"\n"),
-            @"p.toml:6:1: unknown variant `telepathy`, expected one of `regex`, `keywords`, `pii`, `secret`, `injection`, `length`");
+            @"p.toml:8:8: unknown variant `telepathy`, expected one of `regex`, `keywords`, `pii`, `secret`, `injection`, `length`");
         insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"pii\"\ncolour = \"red\"\n"),
             @"p.toml:6:1: unknown field `colour`, expected one of `name`, `phase`, `threshold`, `max_input_bytes`, `kinds`");
         insta::assert_snapshot!(err("[[rules]]\nname = \"r\"\nwhen = \"true\"\naction = \"explode\"\n"),

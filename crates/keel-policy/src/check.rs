@@ -4,6 +4,8 @@
 //! word lists, limits), so a built check can only fail at run time for reasons of the input
 //! (for example its size limit).
 
+use std::cell::OnceCell;
+
 use keel_core::{Finding, Span};
 use regex::{Regex, RegexBuilder};
 use thiserror::Error;
@@ -50,10 +52,33 @@ pub enum Scope {
     Whole,
 }
 
+/// One text to check, with its normalised form computed at most once for all checks.
+pub struct CheckInput<'a> {
+    text: &'a str,
+    normalized: OnceCell<Normalized>,
+}
+
+impl<'a> CheckInput<'a> {
+    /// Wraps `text`.
+    pub fn new(text: &'a str) -> Self {
+        CheckInput { text, normalized: OnceCell::new() }
+    }
+
+    /// The text as received.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
+    /// The NFKC + lowercase form, shared by every check that needs it.
+    pub fn normalized(&self) -> &Normalized {
+        self.normalized.get_or_init(|| Normalized::new(self.text))
+    }
+}
+
 /// A detector that reads a text and reports a score and findings.
 pub trait Check: Send + Sync {
-    /// Runs the check on `text`; spans in the output are byte offsets into `text`.
-    fn run(&self, text: &str) -> Result<CheckOutput, CheckError>;
+    /// Runs the check; spans in the output are byte offsets into `input.text()`.
+    fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError>;
     /// Whether the check can be run on windows of a stream.
     fn scope(&self) -> Scope {
         Scope::Local
@@ -128,7 +153,8 @@ impl RegexCheck {
 }
 
 impl Check for RegexCheck {
-    fn run(&self, text: &str) -> Result<CheckOutput, CheckError> {
+    fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError> {
+        let text = input.text();
         let mut findings = Vec::new();
         for (kind, regex) in &self.patterns {
             findings.extend(regex.find_iter(text).map(|m| Finding {
@@ -162,11 +188,10 @@ impl KeywordsCheck {
 }
 
 impl Check for KeywordsCheck {
-    fn run(&self, text: &str) -> Result<CheckOutput, CheckError> {
-        let normalized = Normalized::new(text);
+    fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError> {
         let findings = self
             .matcher
-            .find(&normalized)
+            .find(input.normalized())
             .into_iter()
             .map(|(span, word)| Finding {
                 kind: self.kind.clone(),
@@ -182,24 +207,24 @@ impl Check for KeywordsCheck {
 struct PiiCheck(PiiDetector);
 
 impl Check for PiiCheck {
-    fn run(&self, text: &str) -> Result<CheckOutput, CheckError> {
-        Ok(CheckOutput::from_findings(self.0.find(text)))
+    fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError> {
+        Ok(CheckOutput::from_findings(self.0.find_in(input.text(), input.normalized())))
     }
 }
 
 struct SecretCheck(SecretDetector);
 
 impl Check for SecretCheck {
-    fn run(&self, text: &str) -> Result<CheckOutput, CheckError> {
-        Ok(CheckOutput::from_findings(self.0.find(text)))
+    fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError> {
+        Ok(CheckOutput::from_findings(self.0.find(input.text())))
     }
 }
 
 struct InjectionCheck(InjectionDetector);
 
 impl Check for InjectionCheck {
-    fn run(&self, text: &str) -> Result<CheckOutput, CheckError> {
-        let (score, findings) = self.0.scan(text);
+    fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError> {
+        let (score, findings) = self.0.scan_in(input.text(), input.normalized());
         Ok(CheckOutput { score, findings })
     }
 }
@@ -224,7 +249,8 @@ impl LengthCheck {
 }
 
 impl Check for LengthCheck {
-    fn run(&self, text: &str) -> Result<CheckOutput, CheckError> {
+    fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError> {
+        let text = input.text();
         let mut findings = Vec::new();
         if let Some(max) = self.max_chars {
             // The span covers the part beyond the limit, so redaction would cut it off.

@@ -12,7 +12,7 @@ use keel_core::{Action, CheckResult, Decision, Evidence, Finding, Phase, PolicyR
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::check::{self, Check, CheckError, Scope};
+use crate::check::{self, Check, CheckError, CheckInput, Scope};
 use crate::expr::{self, ContextVar, Env, Expr, Field};
 use crate::file::{LocalizedText, Messages, OnCheckError, PhaseSelector, PolicyFile};
 use crate::source::{FieldPath, SourceError, TomlSource};
@@ -333,22 +333,23 @@ impl Policy {
     }
 
     fn run_checks_where(&self, phase: Phase, parts: &[TextPart<'_>], keep: impl Fn(&CompiledCheck) -> bool) -> Vec<CheckResult> {
+        let inputs: Vec<CheckInput<'_>> = parts.iter().map(|p| CheckInput::new(p.text)).collect();
         self.checks
             .iter()
             .filter(|c| c.phase.includes(phase) && keep(c))
-            .map(|c| self.run_one(c, phase, parts))
+            .map(|c| Self::run_one(c, phase, parts, &inputs))
             .collect()
     }
 
-    fn run_one(&self, check: &CompiledCheck, phase: Phase, parts: &[TextPart<'_>]) -> CheckResult {
+    fn run_one(check: &CompiledCheck, phase: Phase, parts: &[TextPart<'_>], inputs: &[CheckInput<'_>]) -> CheckResult {
         let started = Instant::now();
         let mut score: f64 = 0.0;
         let mut findings = Vec::new();
         let mut error = None;
-        for part in parts {
+        for (part, input) in parts.iter().zip(inputs) {
             let outcome = match check.max_input_bytes {
                 Some(limit) if part.text.len() > limit => Err(CheckError::InputTooLarge { actual: part.text.len(), limit }),
-                _ => check.imp.run(part.text),
+                _ => check.imp.run(input),
             };
             match outcome {
                 Ok(output) => {
@@ -605,7 +606,7 @@ mod tests {
         insta::assert_snapshot!(err("[[rules]]\nname = \"r\"\nwhen = \"true\"\naction = \"explode\"\n"),
             @"p.toml:9:10: unknown variant `explode`, expected one of `allow`, `flag`, `redact`, `escalate`, `block`");
         insta::assert_snapshot!(err("[[checks]]\nname = \"inj\"\nkind = \"injection\"\nphase = \"input\"\n[[rules]]\nname = \"r\"\nphase = \"output\"\nwhen = \"inj\"\naction = \"block\"\n"),
-            @"p.toml:14:8: rules[0].when: reads check `inj`, which never runs in this rule's phase (output vs input)");
+            @"p.toml:13:8: rules[0].when: reads check `inj`, which never runs in this rule's phase (output vs input)");
         insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"pii\"\nthreshold = 2.0\n"),
             @"p.toml:9:13: checks[0].threshold: must be between 0 and 1");
     }

@@ -15,7 +15,7 @@ use super::normalize::Normalized;
 
 /// A family of injection signals, with its finding kind and weight in the score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Category {
+enum Category {
     Override,
     Jailbreak,
     PromptLeak,
@@ -71,10 +71,10 @@ const B: &str = r"(?-u:\b)";
 ///
 /// Gates let one Aho-Corasick pass decide which patterns can match at all, so benign text
 /// pays for a single scan instead of one regex search per pattern.
-pub(super) struct Spec {
-    pub(super) cat: Category,
-    pub(super) gates: &'static [&'static str],
-    pub(super) pattern: String,
+struct Spec {
+    cat: Category,
+    gates: &'static [&'static str],
+    pattern: String,
 }
 
 fn spec(cat: Category, gates: &'static [&'static str], pattern: String) -> Spec {
@@ -109,7 +109,7 @@ const RESTRICTION_NOUNS: &[&str] = &[
     "polic",
 ];
 
-pub(super) fn specs() -> Vec<Spec> {
+fn specs() -> Vec<Spec> {
     use Category::{Jailbreak, Override, PromptLeak};
     vec![
         // ignore all previous instructions / disregard the above rules / forget prior prompts
@@ -239,11 +239,11 @@ const BLOB_LOOKAHEAD: usize = 120;
 /// Scores text for prompt-injection attempts.
 #[derive(Debug, Clone)]
 pub struct InjectionDetector {
-    pub(super) phrases: Vec<(Category, Regex)>,
+    phrases: Vec<(Category, Regex)>,
     /// Gate words in ASCII, and the others (only searched in non-ASCII text); split so each
     /// automaton stays small enough for its vectorised prefilter.
     gates: [Gates; 2],
-    pub(super) encoded_trigger: Option<Regex>,
+    encoded_trigger: Option<Regex>,
 }
 
 /// One gate automaton and, per gate word, the phrases it opens.
@@ -337,7 +337,7 @@ impl InjectionDetector {
     }
 
     /// Bit set of the phrases whose gate words occur in `hay`.
-    pub(super) fn open_phrases(&self, hay: &str) -> u64 {
+    fn open_phrases(&self, hay: &str) -> u64 {
         let [ascii, other] = &self.gates;
         let open = ascii.open(hay);
         if hay.is_ascii() {
@@ -475,7 +475,7 @@ fn blob_after(hay: &str, from: usize) -> Option<(usize, usize)> {
 }
 
 /// Zero-width, bidi-control and tag characters, one span per contiguous run.
-pub(super) fn hidden_runs(text: &str) -> Vec<Span> {
+fn hidden_runs(text: &str) -> Vec<Span> {
     let bytes = text.as_bytes();
     let mut runs: Vec<Span> = Vec::new();
     let mut i = 0;

@@ -227,6 +227,14 @@ impl<'a> Builder<'a> {
         }
         self.flush_pending(start);
         let norm = self.text.len();
+        if !multi {
+            if let Some(ascii) = group.chars().next().and_then(full_width_ascii) {
+                self.text.push(char::from(ascii.to_ascii_lowercase()));
+                self.mark(norm, start, false);
+                self.pending = end;
+                return;
+            }
+        }
         for c in group.nfkc() {
             for l in c.to_lowercase() {
                 self.text.push(l);
@@ -251,11 +259,27 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// The ASCII char NFKC maps a full-width form (or the ideographic space) to.
+///
+/// These are the most common rewritten chars in Japanese text; mapping them directly skips
+/// the general decomposition tables.
+#[inline]
+fn full_width_ascii(c: char) -> Option<u8> {
+    match c as u32 {
+        cp @ 0xFF01..=0xFF5E => u8::try_from(cp - 0xFEE0).ok(),
+        0x3000 => Some(b' '),
+        _ => None,
+    }
+}
+
 /// Whether `c` starts a group, and whether it is already normalized on its own.
 #[inline]
 fn classify(c: char) -> (bool, bool) {
     if fast_stable(c) {
         return (true, true);
+    }
+    if full_width_ascii(c).is_some() {
+        return (true, false);
     }
     let mut first = None;
     decompose_compatible(c, |d| {
@@ -405,6 +429,19 @@ mod tests {
                 "U+{cp:04X} is not a starter"
             );
         }
+    }
+
+    #[test]
+    fn full_width_shortcut_agrees_with_nfkc() {
+        for cp in (0xFF01u32..=0xFF5E).chain([0x3000]) {
+            let c = char::from_u32(cp).unwrap();
+            let expected: String = c.to_string().nfkc().collect::<String>().to_lowercase();
+            assert_eq!(normalize(&c.to_string()), expected, "U+{cp:04X}");
+            let ascii = full_width_ascii(c).unwrap();
+            assert_eq!(expected, char::from(ascii.to_ascii_lowercase()).to_string());
+        }
+        // A combining mark after a full-width letter still composes with it.
+        assert_eq!(normalize("Ｅ\u{301}"), "\u{e9}");
     }
 
     #[test]

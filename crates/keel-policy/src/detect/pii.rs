@@ -1401,6 +1401,7 @@ mod tests {
             prop_assert!(f.span.start < f.span.end && f.span.end <= text.len());
             prop_assert!(text.is_char_boundary(f.span.start) && text.is_char_boundary(f.span.end));
             prop_assert!(f.span.start >= last_end, "overlap in {:?}", findings);
+            prop_assert!(f.message.is_none() && f.detail.is_none());
             last_end = f.span.end;
         }
         Ok(())

@@ -49,7 +49,8 @@ enum Marker {
     Stripe,
     Jwt,
     Pem,
-    /// A name like `password`; `assign` separators (`=`, `:`) or, for `Bearer`, a space.
+    /// A name like `password` followed by `=` or `:` (`は` too in Japanese), or `Bearer`
+    /// followed by a space, then the value.
     Keyword {
         bearer: bool,
         japanese: bool,
@@ -654,6 +655,7 @@ mod tests {
                 prop_assert!(f.span.start >= last_end);
                 last_end = f.span.end;
                 prop_assert!(SECRET_KINDS.contains(&f.kind.as_str()));
+                prop_assert!(f.message.is_none() && f.detail.is_none());
             }
         }
 

@@ -155,13 +155,7 @@ pub enum Action {
 
 impl Action {
     /// All actions, in severity order.
-    pub const ALL: [Action; 5] = [
-        Action::Allow,
-        Action::Flag,
-        Action::Redact,
-        Action::Escalate,
-        Action::Block,
-    ];
+    pub const ALL: [Action; 5] = [Action::Allow, Action::Flag, Action::Redact, Action::Escalate, Action::Block];
 
     /// The lowercase name used in policy files, headers, the API and storage.
     pub fn as_str(self) -> &'static str {

@@ -34,9 +34,9 @@ fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
     }
     // Relative forms: 30m, 12h, 7d — that long ago.
     let (number, unit) = value.split_at(value.len().saturating_sub(1));
-    let amount: i64 = number
-        .parse()
-        .map_err(|_| ApiError::invalid(field, format!("`{value}` is neither an RFC 3339 time nor a duration like 30m, 12h or 7d")))?;
+    let amount: i64 = number.parse().map_err(|_| {
+        ApiError::invalid(field, format!("`{value}` is neither an RFC 3339 time nor a duration like 30m, 12h or 7d"))
+    })?;
     let seconds = match unit {
         "s" => amount,
         "m" => amount * 60,
@@ -77,12 +77,16 @@ pub async fn list_interactions(
         before: query
             .before
             .as_deref()
-            .map(|b| b.parse::<InteractionId>().map_err(|_| ApiError::invalid("before", "`before` must be an interaction id")))
+            .map(|b| {
+                b.parse::<InteractionId>()
+                    .map_err(|_| ApiError::invalid("before", "`before` must be an interaction id"))
+            })
             .transpose()?,
     };
     audit_admin(&state, &caller, &uri).await?;
     let items = state.store().list_interactions(&filter).await.map_err(ApiError::internal)?;
-    let next = (items.len() as u32 == filter.effective_limit()).then(|| items.last().map(|i| i.id.to_string())).flatten();
+    let next =
+        (items.len() as u32 == filter.effective_limit()).then(|| items.last().map(|i| i.id.to_string())).flatten();
     Ok(Json(json!({"object": "list", "data": items, "next_before": next})))
 }
 

@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use keel_core::{Action, CheckResult, Decision, Finding, Interaction, InteractionId, Outcome, Phase, Privacy, Timings, Tokens};
+use keel_core::{
+    Action, CheckResult, Decision, Finding, Interaction, InteractionId, Outcome, Phase, Privacy, Timings, Tokens,
+};
 use keel_policy::text::redact;
 use keel_policy::{Context, Lang, Policy, StreamGuard, TextPart};
 use keel_store::{stored_text, HandoffRequest};
@@ -83,14 +85,24 @@ fn validate(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
                     let field = format!("messages[{i}].content[{j}]");
                     match part.get("type").and_then(Value::as_str) {
                         Some("text") if part.get("text").is_some_and(Value::is_string) => {}
-                        Some("text") => return Err(ApiError::invalid(format!("{field}.text"), "a text part needs a string `text`")),
+                        Some("text") => {
+                            return Err(ApiError::invalid(format!("{field}.text"), "a text part needs a string `text`"))
+                        }
                         Some(_) => {}
-                        None => return Err(ApiError::invalid(format!("{field}.type"), "each content part needs a string `type`")),
+                        None => {
+                            return Err(ApiError::invalid(
+                                format!("{field}.type"),
+                                "each content part needs a string `type`",
+                            ))
+                        }
                     }
                 }
             }
             Some(_) => {
-                return Err(ApiError::invalid(format!("messages[{i}].content"), "`content` must be a string, an array of parts or null"))
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].content"),
+                    "`content` must be a string, an array of parts or null",
+                ))
             }
         }
     }
@@ -152,21 +164,20 @@ impl Record {
         self.decisions.iter().map(|d| d.action).max().unwrap_or(Action::Allow)
     }
 
-    fn headers(&self, headers: &mut HeaderMap) {
-        let pairs = [
-            ("x-keel-interaction-id", self.id.to_string()),
-            ("x-keel-decision", self.decision().as_str().to_string()),
-            ("x-keel-policy", self.policy.reference().to_string()),
-        ];
-        for (name, value) in pairs {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert(name, value);
-            }
-        }
+    /// The `x-keel-*` headers for the decision taken so far.
+    fn headers(&self) -> HeaderMap {
+        keel_headers(&self.id, self.decision(), &self.policy.reference())
     }
 
     /// Builds the stored interaction; `answer` is the original answer text and its PII findings.
-    fn finish(self, outcome: Outcome, http_status: u16, error: Option<String>, answer: &str, answer_pii: &[&Finding]) -> Interaction {
+    fn finish(
+        self,
+        outcome: Outcome,
+        http_status: u16,
+        error: Option<String>,
+        answer: &str,
+        answer_pii: &[&Finding],
+    ) -> Interaction {
         let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let overhead_us = ((total_ms - self.upstream_ms).max(0.0) * 1000.0) as u64;
         let redacted_answer = (!answer_pii.is_empty()).then(|| redact(answer, answer_pii));
@@ -264,7 +275,7 @@ async fn serve(state: AppState, headers: HeaderMap, body: Body) -> Result<Respon
 
     if matches!(input_action, Action::Block | Action::Escalate) {
         let reply = input.reply.unwrap_or_default();
-        return Ok(reply_without_upstream(&state, record, reply, lang).await);
+        return Ok(reply_without_upstream(&state, record, reply).await);
     }
 
     let upstream_started = Instant::now();
@@ -281,17 +292,18 @@ async fn serve(state: AppState, headers: HeaderMap, body: Body) -> Result<Respon
         let status = response.status;
         let text = response.response.text().await.unwrap_or_default();
         let error = if status >= 500 {
-            ApiError::bad_gateway(format!("upstream `{}` answered with status {status}", state.upstreams().name(upstream)))
+            ApiError::bad_gateway(format!(
+                "upstream `{}` answered with status {status}",
+                state.upstreams().name(upstream)
+            ))
         } else {
             // A 4xx from the upstream is about the request: pass its status and body on.
-            let body = serde_json::from_str::<Value>(&text).unwrap_or_else(|_| json!({"error": {"message": text, "type": "upstream_error"}}));
-            let interaction = record.finish(Outcome::UpstreamError, status, Some(format!("upstream answered {status}")), "", &[]);
-            let mut headers = HeaderMap::new();
-            let response_headers = header_values(&interaction);
+            let body = serde_json::from_str::<Value>(&text)
+                .unwrap_or_else(|_| json!({"error": {"message": text, "type": "upstream_error"}}));
+            let interaction =
+                record.finish(Outcome::UpstreamError, status, Some(format!("upstream answered {status}")), "", &[]);
+            let headers = keel_headers(&interaction.id, interaction.decision, &interaction.policy);
             state.record(interaction, None).await;
-            for (name, value) in response_headers {
-                headers.insert(name, value);
-            }
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             return Ok((code, headers, axum::Json(body)).into_response());
         };
@@ -304,15 +316,19 @@ async fn serve(state: AppState, headers: HeaderMap, body: Body) -> Result<Respon
     }
 }
 
-fn header_values(interaction: &Interaction) -> Vec<(&'static str, HeaderValue)> {
-    [
-        ("x-keel-interaction-id", interaction.id.to_string()),
-        ("x-keel-decision", interaction.decision.as_str().to_string()),
-        ("x-keel-policy", interaction.policy.to_string()),
-    ]
-    .into_iter()
-    .filter_map(|(name, value)| HeaderValue::from_str(&value).ok().map(|v| (name, v)))
-    .collect()
+/// `x-keel-interaction-id`, `x-keel-decision` and `x-keel-policy`.
+fn keel_headers(id: &InteractionId, decision: Action, policy: &keel_core::PolicyRef) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("x-keel-interaction-id", id.to_string()),
+        ("x-keel-decision", decision.as_str().to_string()),
+        ("x-keel-policy", policy.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    headers
 }
 
 fn redacted_request(body: &Value, parts: &[(PartRef, String)], results: &[CheckResult]) -> String {
@@ -353,22 +369,28 @@ fn sse_data(payload: &str) -> Bytes {
 }
 
 /// Answers a request blocked or escalated on input, without calling the upstream.
-async fn reply_without_upstream(state: &AppState, record: Record, reply: String, _lang: Lang) -> Response {
+async fn reply_without_upstream(state: &AppState, record: Record, reply: String) -> Response {
     let action = record.decision();
     let stream = record.stream;
     let model = record.model.clone();
     let id = record.id;
-    let mut headers = HeaderMap::new();
-    record.headers(&mut headers);
+    let mut headers = record.headers();
     let reason = record.decisions.last().map(|d| d.reason.clone()).unwrap_or_default();
     let app = record.caller.app.clone();
     let interaction = record.finish(Outcome::Completed, 200, None, "", &[]);
-    let handoff = (action == Action::Escalate).then_some(HandoffRequest { interaction_id: id, app, created_at: interaction.created_at, reason });
+    let handoff = (action == Action::Escalate).then_some(HandoffRequest {
+        interaction_id: id,
+        app,
+        created_at: interaction.created_at,
+        reason,
+    });
     state.record(interaction, handoff).await;
     if stream {
         let chunk_id = format!("chatcmpl-keel-{id}");
         let mut out = Vec::new();
-        out.push(sse_data(&chunk_body(&chunk_id, &model, 0, json!({"role": "assistant", "content": reply}), Value::Null).to_string()));
+        out.push(sse_data(
+            &chunk_body(&chunk_id, &model, 0, json!({"role": "assistant", "content": reply}), Value::Null).to_string(),
+        ));
         out.push(sse_data(&chunk_body(&chunk_id, &model, 0, json!({}), json!("stop")).to_string()));
         out.push(Bytes::from(format!(": keel-decision {action}\n\n")));
         out.push(sse_data("[DONE]"));
@@ -382,9 +404,9 @@ async fn reply_without_upstream(state: &AppState, record: Record, reply: String,
 }
 
 async fn upstream_failed(state: &AppState, record: Record, error: ApiError) -> Response {
-    let mut headers = HeaderMap::new();
-    record.headers(&mut headers);
-    let interaction = record.finish(Outcome::UpstreamError, error.status.as_u16(), Some(error.message.clone()), "", &[]);
+    let headers = record.headers();
+    let interaction =
+        record.finish(Outcome::UpstreamError, error.status.as_u16(), Some(error.message.clone()), "", &[]);
     state.record(interaction, None).await;
     let mut response = error.into_response();
     response.headers_mut().extend(headers);
@@ -406,8 +428,22 @@ async fn whole_answer(
     let read = tokio::time::timeout(state.upstreams().timeout(upstream), response.bytes()).await;
     record.upstream_ms = upstream_started.elapsed().as_secs_f64() * 1000.0;
     let bytes = match read {
-        Err(_) => return upstream_failed(state, record, ApiError::gateway_timeout("upstream did not finish its answer in time")).await,
-        Ok(Err(e)) => return upstream_failed(state, record, ApiError::bad_gateway(format!("reading the upstream answer failed: {e}"))).await,
+        Err(_) => {
+            return upstream_failed(
+                state,
+                record,
+                ApiError::gateway_timeout("upstream did not finish its answer in time"),
+            )
+            .await
+        }
+        Ok(Err(e)) => {
+            return upstream_failed(
+                state,
+                record,
+                ApiError::bad_gateway(format!("reading the upstream answer failed: {e}")),
+            )
+            .await
+        }
         Ok(Ok(bytes)) => bytes,
     };
     let Ok(mut answer) = serde_json::from_slice::<Value>(&bytes) else {
@@ -427,7 +463,8 @@ async fn whole_answer(
             let judged = policy.judge(Phase::Output, &[TextPart { message: None, text: &text }], &ctx);
             match judged.decision.action {
                 Action::Block | Action::Escalate => {
-                    choice["message"] = json!({"role": "assistant", "content": judged.reply.clone().unwrap_or_default()});
+                    choice["message"] =
+                        json!({"role": "assistant", "content": judged.reply.clone().unwrap_or_default()});
                     choice["finish_reason"] = json!("stop");
                     if judged.decision.action == Action::Escalate {
                         handoff_reason = Some(judged.decision.reason.clone());
@@ -454,13 +491,17 @@ async fn whole_answer(
     }
     let pii: Vec<Finding> = pii_findings(&output_results).into_iter().cloned().collect();
     record.checks.extend(output_results);
-    let mut headers = HeaderMap::new();
-    record.headers(&mut headers);
+    let headers = record.headers();
     let id = record.id;
     let app = record.caller.app.clone();
     let pii_refs: Vec<&Finding> = pii.iter().collect();
     let interaction = record.finish(Outcome::Completed, 200, None, &original, &pii_refs);
-    let handoff = handoff_reason.map(|reason| HandoffRequest { interaction_id: id, app, created_at: interaction.created_at, reason });
+    let handoff = handoff_reason.map(|reason| HandoffRequest {
+        interaction_id: id,
+        app,
+        created_at: interaction.created_at,
+        reason,
+    });
     state.record(interaction, handoff).await;
     (headers, axum::Json(answer)).into_response()
 }
@@ -474,8 +515,7 @@ fn stream_answer(
     upstream_started: Instant,
     lang: Lang,
 ) -> Response {
-    let mut headers = HeaderMap::new();
-    record.headers(&mut headers);
+    let mut headers = record.headers();
     headers.insert("content-type", HeaderValue::from_static("text/event-stream"));
     headers.insert("cache-control", HeaderValue::from_static("no-cache"));
     let (tx, rx) = mpsc::channel::<Bytes>(64);
@@ -484,7 +524,8 @@ fn stream_answer(
         let pump = StreamPump::new(record, lang, tx);
         pump.run(state, response, gap, upstream_started).await;
     });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
+    let body =
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
     (headers, body).into_response()
 }
 
@@ -509,7 +550,16 @@ impl StreamPump {
     fn new(record: Record, lang: Lang, tx: mpsc::Sender<Bytes>) -> Self {
         let guarded = record.policy.has_checks(Phase::Output);
         let chunk_id = format!("chatcmpl-keel-{}", record.id);
-        StreamPump { record, lang, tx, guards: BTreeMap::new(), plain: BTreeMap::new(), guarded, client_gone: false, chunk_id }
+        StreamPump {
+            record,
+            lang,
+            tx,
+            guards: BTreeMap::new(),
+            plain: BTreeMap::new(),
+            guarded,
+            client_gone: false,
+            chunk_id,
+        }
     }
 
     async fn send(&mut self, bytes: Bytes) {
@@ -524,7 +574,13 @@ impl StreamPump {
         self.guards.entry(index).or_insert_with(|| StreamGuard::new(policy, &app, &model, lang))
     }
 
-    async fn run(mut self, state: AppState, response: reqwest::Response, gap: std::time::Duration, upstream_started: Instant) {
+    async fn run(
+        mut self,
+        state: AppState,
+        response: reqwest::Response,
+        gap: std::time::Duration,
+        upstream_started: Instant,
+    ) {
         let mut parser = SseParser::new();
         let mut upstream = response.bytes_stream();
         let mut error: Option<String> = None;
@@ -707,7 +763,12 @@ impl StreamPump {
         let pii_refs: Vec<&Finding> = pii.iter().collect();
         let status = if error.is_some() { 502 } else { 200 };
         let interaction = self.record.finish(outcome, status, error, &original, &pii_refs);
-        let handoff = reply_escalated.map(|reason| HandoffRequest { interaction_id: id, app, created_at: interaction.created_at, reason });
+        let handoff = reply_escalated.map(|reason| HandoffRequest {
+            interaction_id: id,
+            app,
+            created_at: interaction.created_at,
+            reason,
+        });
         state.record(interaction, handoff).await;
     }
 }
@@ -724,9 +785,18 @@ mod tests {
         assert_eq!(err(r#"{"messages":[{"role":"user","content":"x"}]}"#).param.as_deref(), Some("model"));
         assert_eq!(err(r#"{"model":1,"messages":[]}"#).param.as_deref(), Some("model"));
         assert_eq!(err(r#"{"model":"m","messages":[]}"#).param.as_deref(), Some("messages"));
-        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":5}]}"#).param.as_deref(), Some("messages[0].content"));
-        assert_eq!(err(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#).param.as_deref(), Some("messages[0].role"));
-        assert_eq!(err(r#"{"model":"m","stream":"yes","messages":[{"role":"user","content":"x"}]}"#).param.as_deref(), Some("stream"));
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"user","content":5}]}"#).param.as_deref(),
+            Some("messages[0].content")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#).param.as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","stream":"yes","messages":[{"role":"user","content":"x"}]}"#).param.as_deref(),
+            Some("stream")
+        );
         assert_eq!(
             err(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":3}]}]}"#).param.as_deref(),
             Some("messages[0].content[0].text")

@@ -24,7 +24,12 @@ pub struct ApiError {
 impl ApiError {
     /// 400: the request is malformed; `param` names the field.
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, message: message.into(), param: Some(param.into()), code: "invalid_request" }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param: Some(param.into()),
+            code: "invalid_request",
+        }
     }
 
     /// 400 without a specific field.
@@ -44,7 +49,12 @@ impl ApiError {
 
     /// 404 for an unknown model or record.
     pub fn not_found(param: Option<&str>, message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::NOT_FOUND, message: message.into(), param: param.map(str::to_string), code: "not_found" }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+            param: param.map(str::to_string),
+            code: "not_found",
+        }
     }
 
     /// 413: body over the configured limit.
@@ -70,7 +80,12 @@ impl ApiError {
     /// 500 with a generic message; the detail is logged, not sent.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: "internal error".into(), param: None, code: "internal_error" }
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "internal error".into(),
+            param: None,
+            code: "internal_error",
+        }
     }
 
     fn kind(&self) -> &'static str {

@@ -26,7 +26,11 @@ pub struct ClientKey {
 
 impl std::fmt::Debug for ClientKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientKey").field("name", &self.name).field("app", &self.app).field("admin", &self.admin).finish()
+        f.debug_struct("ClientKey")
+            .field("name", &self.name)
+            .field("app", &self.app)
+            .field("admin", &self.admin)
+            .finish()
     }
 }
 
@@ -75,7 +79,13 @@ struct Inner {
 
 impl AppState {
     /// Bundles everything the handlers need.
-    pub fn new(settings: GatewaySettings, policy: Arc<Policy>, upstreams: Upstreams, store: Arc<dyn Store>, writer: WriterHandle) -> Self {
+    pub fn new(
+        settings: GatewaySettings,
+        policy: Arc<Policy>,
+        upstreams: Upstreams,
+        store: Arc<dyn Store>,
+        writer: WriterHandle,
+    ) -> Self {
         let keys_by_hash = settings.keys.iter().map(|k| (k.sha256, k.clone())).collect();
         AppState {
             inner: Arc::new(Inner { settings, keys_by_hash, policy: RwLock::new(policy), upstreams, store, writer }),

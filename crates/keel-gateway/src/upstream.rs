@@ -120,9 +120,8 @@ impl Upstreams {
                 upstream.discover().await;
             }
         }
-        self.lookup(model).or_else(|| {
-            self.upstreams.iter().position(|u| u.config.models.is_empty() && !u.discovery_ok())
-        })
+        self.lookup(model)
+            .or_else(|| self.upstreams.iter().position(|u| u.config.models.is_empty() && !u.discovery_ok()))
     }
 
     fn lookup(&self, model: &str) -> Option<usize> {
@@ -241,9 +240,5 @@ impl Upstream {
 /// All upstream model ids for `/v1/models`, deduplicated, in configuration order.
 pub fn model_ids(models: &[(String, String)]) -> Vec<String> {
     let mut seen = HashMap::new();
-    models
-        .iter()
-        .filter(|(id, _)| seen.insert(id.clone(), ()).is_none())
-        .map(|(id, _)| id.clone())
-        .collect()
+    models.iter().filter(|(id, _)| seen.insert(id.clone(), ()).is_none()).map(|(id, _)| id.clone()).collect()
 }

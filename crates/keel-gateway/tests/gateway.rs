@@ -40,8 +40,15 @@ async fn start_with(options: Options, keys: bool, upstream_override: Option<Stri
     start_private(options, keys, upstream_override, timeout, Privacy::Full).await
 }
 
-async fn start_private(options: Options, keys: bool, upstream_override: Option<String>, timeout: Duration, privacy: Privacy) -> Harness {
-    let upstream = keel_scripted_upstream::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), script(), options).await.unwrap();
+async fn start_private(
+    options: Options,
+    keys: bool,
+    upstream_override: Option<String>,
+    timeout: Duration,
+    privacy: Privacy,
+) -> Harness {
+    let upstream =
+        keel_scripted_upstream::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), script(), options).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("keel.db").display());
     let store = keel_store::resolve(&url).await.unwrap();
@@ -65,7 +72,12 @@ async fn start_private(options: Options, keys: bool, upstream_override: Option<S
     } else {
         Vec::new()
     };
-    let settings = GatewaySettings { keys: key_list, privacy: Default::default(), default_privacy: privacy, max_body_bytes: 64 * 1024 };
+    let settings = GatewaySettings {
+        keys: key_list,
+        privacy: Default::default(),
+        default_privacy: privacy,
+        max_body_bytes: 64 * 1024,
+    };
     let state = AppState::new(settings, Arc::new(policy), upstreams, store.clone(), writer);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -124,7 +136,8 @@ async fn clean_request_is_allowed_and_explained() {
     assert_eq!(stored.decisions.len(), 2, "input and output were judged");
     assert!(stored.timings.upstream_ms > 0.0);
     assert_eq!(stored.tokens.prompt, Some(5));
-    let detail: Value = h.client.get(format!("{}/api/interactions/{id}", h.base)).send().await.unwrap().json().await.unwrap();
+    let detail: Value =
+        h.client.get(format!("{}/api/interactions/{id}", h.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(detail["explanation"][0]["reason"], "no rule matched and no check hit");
 }
 
@@ -182,7 +195,10 @@ async fn injection_is_blocked_without_calling_the_upstream() {
         let content = if stream {
             streamed_text(&sse_chunks(&text))
         } else {
-            serde_json::from_str::<Value>(&text).unwrap()["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+            serde_json::from_str::<Value>(&text).unwrap()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
         };
         assert_eq!(content, "Sorry, I can't help with that request.");
         assert_eq!(h.upstream.served(), before, "the upstream must not be called");
@@ -247,25 +263,37 @@ async fn unknown_fields_and_tool_calls_pass_through() {
     streamed["stream"] = json!(true);
     let response = h.client.post(format!("{}/v1/chat/completions", h.base)).json(&streamed).send().await.unwrap();
     let chunks = sse_chunks(&response.text().await.unwrap());
-    assert!(chunks.iter().any(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == "{\"order\":\"A-1\"}"));
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == "{\"order\":\"A-1\"}"));
 }
 
 #[tokio::test]
 async fn bad_requests_get_precise_errors() {
     let h = start().await;
-    let post = |body: String| h.client.post(format!("{}/v1/chat/completions", h.base)).header("content-type", "application/json").body(body).send();
+    let post = |body: String| {
+        h.client
+            .post(format!("{}/v1/chat/completions", h.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
     let response = post("{not json".into()).await.unwrap();
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error");
-    let response = post(json!({"model": MODEL, "messages": [{"role": "user", "content": 7}]}).to_string()).await.unwrap();
+    let response =
+        post(json!({"model": MODEL, "messages": [{"role": "user", "content": 7}]}).to_string()).await.unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(response.json::<Value>().await.unwrap()["error"]["param"], "messages[0].content");
-    let response = post(json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}).to_string()).await.unwrap();
+    let response = post(json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}).to_string())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     assert_eq!(response.json::<Value>().await.unwrap()["error"]["param"], "model");
     let huge = "a".repeat(70 * 1024);
-    let response = post(json!({"model": MODEL, "messages": [{"role": "user", "content": huge}]}).to_string()).await.unwrap();
+    let response =
+        post(json!({"model": MODEL, "messages": [{"role": "user", "content": huge}]}).to_string()).await.unwrap();
     assert_eq!(response.status(), 413);
     assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "request_too_large");
     h.state.writer().flush().await.unwrap();
@@ -286,7 +314,16 @@ async fn keys_are_required_when_configured() {
     assert_eq!(h.stored(&id).await.app, "support");
     let api = format!("{}/api/interactions", h.base);
     assert_eq!(h.client.get(&api).bearer_auth(APP_KEY).send().await.unwrap().status(), 403);
-    let listed: Value = h.client.get(format!("{api}?app=support&action=allow")).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
+    let listed: Value = h
+        .client
+        .get(format!("{api}?app=support&action=allow"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
     let bad = h.client.get(format!("{api}?action=explode")).bearer_auth(ADMIN_KEY).send().await.unwrap();
     assert_eq!(bad.status(), 400);
@@ -352,7 +389,10 @@ async fn privacy_settings_control_what_text_is_stored() {
             }
         }
         assert_eq!(stored.request.sha256.len(), 64, "a hash is always kept");
-        assert_eq!(stored.response.sha256, hex_sha256("Sure, write to carol.white@example.com and we will answer within a day."));
+        assert_eq!(
+            stored.response.sha256,
+            hex_sha256("Sure, write to carol.white@example.com and we will answer within a day.")
+        );
     }
 }
 
@@ -383,6 +423,7 @@ async fn the_api_filters_by_check_action_and_time() {
     let bad = h.client.get(format!("{}/api/interactions?since=yesterday", h.base)).send().await.unwrap();
     assert_eq!(bad.status(), 400);
     assert_eq!(bad.json::<Value>().await.unwrap()["error"]["param"], "since");
-    let missing = h.client.get(format!("{}/api/interactions/01a2088d-ca59-743c-957f-ebd8624d65ba", h.base)).send().await.unwrap();
+    let missing =
+        h.client.get(format!("{}/api/interactions/01a2088d-ca59-743c-957f-ebd8624d65ba", h.base)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }

@@ -111,7 +111,10 @@ pub fn build(config: &CheckConfig) -> Result<Box<dyn Check>, BuildError> {
         CheckConfig::Pii(c) => {
             let kinds = c.kinds.clone().unwrap_or_else(|| PiiKind::ALL.to_vec());
             if kinds.is_empty() {
-                return Err(BuildError::at(vec![Key("kinds".into())], "list at least one kind, or omit `kinds` for all"));
+                return Err(BuildError::at(
+                    vec![Key("kinds".into())],
+                    "list at least one kind, or omit `kinds` for all",
+                ));
             }
             Box::new(PiiCheck(PiiDetector::new(&kinds)))
         }
@@ -138,7 +141,10 @@ impl RegexCheck {
                 .build()
                 .map_err(|e| {
                     let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
-                    BuildError::at(vec![Key("patterns".into()), Index(i), Key("pattern".into())], format!("invalid regular expression: {detail}"))
+                    BuildError::at(
+                        vec![Key("patterns".into()), Index(i), Key("pattern".into())],
+                        format!("invalid regular expression: {detail}"),
+                    )
                 })?;
             if regex.is_match("") {
                 return Err(BuildError::at(
@@ -241,7 +247,10 @@ impl LengthCheck {
         }
         if let (Some(min), Some(max)) = (config.min_chars, config.max_chars) {
             if min > max {
-                return Err(BuildError::at(vec![Key("min_chars".into())], format!("min_chars ({min}) is greater than max_chars ({max})")));
+                return Err(BuildError::at(
+                    vec![Key("min_chars".into())],
+                    format!("min_chars ({min}) is greater than max_chars ({max})"),
+                ));
             }
         }
         Ok(LengthCheck { max_chars: config.max_chars, min_chars: config.min_chars })

@@ -202,15 +202,11 @@ impl Expr {
             Expr::Or(a, b) => Value::Bool(a.eval_bool(env) || b.eval_bool(env)),
             Expr::Cmp(a, op, b) => Value::Bool(compare(a.eval(env), *op, b.eval(env))),
             Expr::In(needle, list) => match (needle.eval(env), list.eval(env)) {
-                (Value::Str(s), Value::List(items)) => {
-                    Value::Bool(items.iter().any(|item| item == s))
-                }
+                (Value::Str(s), Value::List(items)) => Value::Bool(items.iter().any(|item| item == s)),
                 _ => Value::Bool(false),
             },
             Expr::HasAny(a, b) => match (a.eval(env), b.eval(env)) {
-                (Value::List(a), Value::List(b)) => {
-                    Value::Bool(a.iter().any(|x| b.contains(x)))
-                }
+                (Value::List(a), Value::List(b)) => Value::Bool(a.iter().any(|x| b.contains(x))),
                 _ => Value::Bool(false),
             },
             Expr::Len(list) => match list.eval(env) {
@@ -235,11 +231,7 @@ impl Expr {
                 }
             }
             Expr::Not(a) | Expr::Len(a) => a.collect_checks(out),
-            Expr::And(a, b)
-            | Expr::Or(a, b)
-            | Expr::Cmp(a, _, b)
-            | Expr::In(a, b)
-            | Expr::HasAny(a, b) => {
+            Expr::And(a, b) | Expr::Or(a, b) | Expr::Cmp(a, _, b) | Expr::In(a, b) | Expr::HasAny(a, b) => {
                 a.collect_checks(out);
                 b.collect_checks(out);
             }
@@ -372,9 +364,7 @@ fn tokenize(src: &str) -> Result<Vec<(usize, Token)>, ExprError> {
                     i += 1;
                 }
                 let text = &src[start..i];
-                let value: f64 = text
-                    .parse()
-                    .map_err(|_| err(start, format!("`{text}` is not a number")))?;
+                let value: f64 = text.parse().map_err(|_| err(start, format!("`{text}` is not a number")))?;
                 tokens.push((start, Token::Num(value)));
                 continue;
             }
@@ -536,13 +526,13 @@ impl Parser<'_> {
                 self.pos += 1;
                 let (right, rty, roffset) = self.primary()?;
                 if lty != rty {
-                    return Err(ExprError {
-                        offset: roffset,
-                        message: format!("cannot compare a {lty} with a {rty}"),
-                    });
+                    return Err(ExprError { offset: roffset, message: format!("cannot compare a {lty} with a {rty}") });
                 }
                 if lty == Type::List {
-                    return Err(ExprError { offset, message: "lists cannot be compared; use `in` or has_any()".into() });
+                    return Err(ExprError {
+                        offset,
+                        message: "lists cannot be compared; use `in` or has_any()".into(),
+                    });
                 }
                 if lty == Type::Bool && !matches!(op, CmpOp::Eq | CmpOp::Ne) {
                     return Err(ExprError { offset, message: "booleans can only be compared with == or !=".into() });
@@ -670,15 +660,18 @@ impl Parser<'_> {
             "has_any" => {
                 arity(2)?;
                 let mut it = args.into_iter();
-                let (a, aty, aoff) = it.next().ok_or_else(|| ExprError { offset, message: "missing argument".into() })?;
-                let (b, bty, boff) = it.next().ok_or_else(|| ExprError { offset, message: "missing argument".into() })?;
+                let (a, aty, aoff) =
+                    it.next().ok_or_else(|| ExprError { offset, message: "missing argument".into() })?;
+                let (b, bty, boff) =
+                    it.next().ok_or_else(|| ExprError { offset, message: "missing argument".into() })?;
                 Self::require(aty, Type::List, aoff, "the first argument of has_any()")?;
                 Self::require(bty, Type::List, boff, "the second argument of has_any()")?;
                 Ok((Expr::HasAny(Box::new(a), Box::new(b)), Type::Bool, offset))
             }
             "len" => {
                 arity(1)?;
-                let (a, aty, aoff) = args.into_iter().next().ok_or_else(|| ExprError { offset, message: "missing argument".into() })?;
+                let (a, aty, aoff) =
+                    args.into_iter().next().ok_or_else(|| ExprError { offset, message: "missing argument".into() })?;
                 Self::require(aty, Type::List, aoff, "the argument of len()")?;
                 Ok((Expr::Len(Box::new(a)), Type::Num, offset))
             }

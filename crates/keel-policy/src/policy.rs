@@ -147,7 +147,8 @@ impl Policy {
             return Err(source.error_at(&FieldPath::key("name"), "must not be empty"));
         }
         if raw.version.trim().is_empty() || raw.version.contains(char::is_whitespace) {
-            return Err(source.error_at(&FieldPath::key("version"), "must be a non-empty version without spaces, e.g. \"1.2.0\""));
+            return Err(source
+                .error_at(&FieldPath::key("version"), "must be a non-empty version without spaces, e.g. \"1.2.0\""));
         }
         if !(16..=65_536).contains(&raw.stream_window_bytes) {
             return Err(source.error_at(&FieldPath::key("stream_window_bytes"), "must be between 16 and 65536"));
@@ -164,13 +165,23 @@ impl Policy {
             let path = FieldPath::key("checks").index(i);
             let common = config.common();
             if !is_identifier(common.name) {
-                return Err(source.error_at(&path.field("name"), format!("`{}` is not a valid check name (use lowercase letters, digits and _, starting with a letter)", common.name)));
+                return Err(source.error_at(
+                    &path.field("name"),
+                    format!(
+                        "`{}` is not a valid check name (use lowercase letters, digits and _, starting with a letter)",
+                        common.name
+                    ),
+                ));
             }
             if RESERVED.contains(&common.name) {
-                return Err(source.error_at(&path.field("name"), format!("`{}` is a reserved word in conditions", common.name)));
+                return Err(
+                    source.error_at(&path.field("name"), format!("`{}` is a reserved word in conditions", common.name))
+                );
             }
             if !names.insert(common.name.to_string()) {
-                return Err(source.error_at(&path.field("name"), format!("a check named `{}` is already defined", common.name)));
+                return Err(
+                    source.error_at(&path.field("name"), format!("a check named `{}` is already defined", common.name))
+                );
             }
             let threshold = common.threshold.unwrap_or(0.5);
             if !(0.0..=1.0).contains(&threshold) {
@@ -203,7 +214,9 @@ impl Policy {
                 return Err(source.error_at(&path.field("name"), "must not be empty"));
             }
             if !rule_names.insert(rule.name.clone()) {
-                return Err(source.error_at(&path.field("name"), format!("a rule named `{}` is already defined", rule.name)));
+                return Err(
+                    source.error_at(&path.field("name"), format!("a rule named `{}` is already defined", rule.name))
+                );
             }
             let when = expr::compile(&rule.when, &slots)
                 .map_err(|e| source.error_at_offset(&path.field("when"), e.offset, e.message.clone()))?;
@@ -215,22 +228,33 @@ impl Policy {
                     .filter(|p| rule.phase.includes(*p))
                     .all(|p| !check.phase.includes(p));
                 if never {
-                    return Err(source.error_at(&path.field("when"), format!(
-                        "reads check `{}`, which never runs in this rule's phase ({:?} vs {:?})",
-                        check.name, rule.phase, check.phase
-                    ).to_lowercase()));
+                    return Err(source.error_at(
+                        &path.field("when"),
+                        format!(
+                            "reads check `{}`, which never runs in this rule's phase ({:?} vs {:?})",
+                            check.name, rule.phase, check.phase
+                        )
+                        .to_lowercase(),
+                    ));
                 }
             }
             let redact_slots = match &rule.redact {
                 Some(list) => {
                     if rule.action != Action::Redact {
-                        return Err(source.error_at(&path.field("redact"), "only rules with action = \"redact\" take a redact list"));
+                        return Err(source.error_at(
+                            &path.field("redact"),
+                            "only rules with action = \"redact\" take a redact list",
+                        ));
                     }
                     let mut found = Vec::new();
                     for (j, name) in list.iter().enumerate() {
                         match checks.iter().position(|c| &c.name == name) {
                             Some(slot) => found.push(slot),
-                            None => return Err(source.error_at(&path.field("redact").index(j), format!("unknown check `{name}`"))),
+                            None => {
+                                return Err(
+                                    source.error_at(&path.field("redact").index(j), format!("unknown check `{name}`"))
+                                )
+                            }
                         }
                     }
                     found
@@ -240,16 +264,20 @@ impl Policy {
             if rule.message.is_some() && !matches!(rule.action, Action::Block | Action::Escalate) {
                 return Err(source.error_at(&path.field("message"), "only block and escalate rules send a message"));
             }
-            rules.push((rule.priority, i, CompiledRule {
-                name: rule.name.clone(),
-                phase: rule.phase,
-                when_source: rule.when.clone(),
-                when,
-                action: rule.action,
-                message: rule.message.clone(),
-                redact_slots,
-                reads,
-            }));
+            rules.push((
+                rule.priority,
+                i,
+                CompiledRule {
+                    name: rule.name.clone(),
+                    phase: rule.phase,
+                    when_source: rule.when.clone(),
+                    when,
+                    action: rule.action,
+                    message: rule.message.clone(),
+                    redact_slots,
+                    reads,
+                },
+            ));
         }
         rules.sort_by_key(|(priority, index, _)| (*priority, *index));
 
@@ -310,14 +338,28 @@ impl Policy {
         }
         out.push_str(&format!(
             "\n  on_check_error = {:?}, stream window = {} bytes\n  {} checks:\n",
-            self.on_check_error, self.stream_window_bytes, self.checks.len()
+            self.on_check_error,
+            self.stream_window_bytes,
+            self.checks.len()
         ));
         for c in &self.checks {
-            out.push_str(&format!("    {:<22} {:<10} {:<7} threshold {}\n", c.name, c.kind, phase_name(c.phase), c.threshold));
+            out.push_str(&format!(
+                "    {:<22} {:<10} {:<7} threshold {}\n",
+                c.name,
+                c.kind,
+                phase_name(c.phase),
+                c.threshold
+            ));
         }
         out.push_str(&format!("  {} rules (first match wins):\n", self.rules.len()));
         for r in &self.rules {
-            out.push_str(&format!("    {:<22} {:<8} {:<7} when {}\n", r.name, r.action.as_str(), phase_name(r.phase), r.when_source));
+            out.push_str(&format!(
+                "    {:<22} {:<8} {:<7} when {}\n",
+                r.name,
+                r.action.as_str(),
+                phase_name(r.phase),
+                r.when_source
+            ));
         }
         out
     }
@@ -332,7 +374,12 @@ impl Policy {
         self.run_checks_where(phase, parts, |c| c.imp.scope() == scope)
     }
 
-    fn run_checks_where(&self, phase: Phase, parts: &[TextPart<'_>], keep: impl Fn(&CompiledCheck) -> bool) -> Vec<CheckResult> {
+    fn run_checks_where(
+        &self,
+        phase: Phase,
+        parts: &[TextPart<'_>],
+        keep: impl Fn(&CompiledCheck) -> bool,
+    ) -> Vec<CheckResult> {
         let inputs: Vec<CheckInput<'_>> = parts.iter().map(|p| CheckInput::new(p.text)).collect();
         self.checks
             .iter()
@@ -348,7 +395,9 @@ impl Policy {
         let mut error = None;
         for (part, input) in parts.iter().zip(inputs) {
             let outcome = match check.max_input_bytes {
-                Some(limit) if part.text.len() > limit => Err(CheckError::InputTooLarge { actual: part.text.len(), limit }),
+                Some(limit) if part.text.len() > limit => {
+                    Err(CheckError::InputTooLarge { actual: part.text.len(), limit })
+                }
                 _ => check.imp.run(input),
             };
             match outcome {
@@ -425,7 +474,9 @@ impl Policy {
             let reason = format!("rule `{}` matched: {}", rule.name, rule.when_source);
             let reply = match rule.action {
                 Action::Block => Some(self.localized(rule.message.as_ref().unwrap_or(&self.messages.block), ctx.lang)),
-                Action::Escalate => Some(self.localized(rule.message.as_ref().unwrap_or(&self.messages.escalate), ctx.lang)),
+                Action::Escalate => {
+                    Some(self.localized(rule.message.as_ref().unwrap_or(&self.messages.escalate), ctx.lang))
+                }
                 _ => None,
             };
             let mut decision = self.decision(rule.action, phase, Some(rule), evidence, reason);
@@ -524,11 +575,8 @@ struct ResultEnv<'a> {
 
 impl<'a> ResultEnv<'a> {
     fn new(policy: &Policy, results: &'a [CheckResult], phase: Phase, ctx: &'a Context<'a>) -> Self {
-        let by_slot: Vec<Option<&CheckResult>> = policy
-            .checks
-            .iter()
-            .map(|c| results.iter().find(|r| r.check == c.name))
-            .collect();
+        let by_slot: Vec<Option<&CheckResult>> =
+            policy.checks.iter().map(|c| results.iter().find(|r| r.check == c.name)).collect();
         let kinds = by_slot.iter().map(|r| r.map(|r| evidence_of(r).kinds).unwrap_or_default()).collect();
         ResultEnv { by_slot, kinds, phase, ctx }
     }
@@ -659,6 +707,9 @@ mod tests {
         let open = Policy::parse("p.toml", &format!("on_check_error = \"fail_open\"\n{HEADER}{body}")).unwrap();
         let j = open.judge(Phase::Input, &[TextPart { message: Some(0), text: long }], &CTX);
         assert_eq!(j.decision.action, Action::Allow);
-        assert_eq!(j.decision.evidence[0].error.as_deref(), Some("text of 34 bytes exceeds this check's max_input_bytes of 10"));
+        assert_eq!(
+            j.decision.evidence[0].error.as_deref(),
+            Some("text of 34 bytes exceeds this check's max_input_bytes of 10")
+        );
     }
 }

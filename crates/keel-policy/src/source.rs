@@ -143,13 +143,7 @@ impl<'a> TomlSource<'a> {
             }
             None => (None, None),
         };
-        SourceError {
-            file: self.file.clone(),
-            line,
-            column,
-            field: Some(path.to_string()),
-            message: message.into(),
-        }
+        SourceError { file: self.file.clone(), line, column, field: Some(path.to_string()), message: message.into() }
     }
 
     fn line_column(&self, offset: usize) -> (usize, usize) {
@@ -217,7 +211,13 @@ mod tests {
         let path = FieldPath::key("checks").index(1).field("patterns").index(0).field("pattern");
         let err = source.error_at(&path, "bad regex");
         assert_eq!(err.line, Some(8));
-        assert_eq!(err.to_string(), format!("p.toml:8:{}: checks[1].patterns[0].pattern: bad regex", SRC.lines().nth(7).unwrap().find("\"(\"").unwrap() + 1));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "p.toml:8:{}: checks[1].patterns[0].pattern: bad regex",
+                SRC.lines().nth(7).unwrap().find("\"(\"").unwrap() + 1
+            )
+        );
         let err = source.error_at(&FieldPath::key("checks").index(0).field("name"), "dup");
         assert_eq!(err.line, Some(4));
         let err = source.error_at(&FieldPath::key("name"), "empty");

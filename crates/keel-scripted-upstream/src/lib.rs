@@ -165,10 +165,7 @@ pub async fn spawn(addr: SocketAddr, script: Script, options: Options) -> std::i
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/models", get(models))
-        .route("/v1/chat/completions", post(chat))
-        .with_state(shared)
+    Router::new().route("/v1/models", get(models)).route("/v1/chat/completions", post(chat)).with_state(shared)
 }
 
 async fn models(State(shared): State<Arc<Shared>>) -> Json<Value> {
@@ -182,7 +179,8 @@ async fn models(State(shared): State<Arc<Shared>>) -> Json<Value> {
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"error": {"message": message, "type": "invalid_request_error", "code": null}}))).into_response()
+    (status, Json(json!({"error": {"message": message, "type": "invalid_request_error", "code": null}})))
+        .into_response()
 }
 
 fn last_user_text(body: &Value) -> String {
@@ -230,7 +228,9 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Res
             std::future::pending::<()>().await;
             error(StatusCode::INTERNAL_SERVER_ERROR, "unreachable")
         }
-        reply if body["stream"] == Value::Bool(true) => stream_reply(&shared.options, &model, reply, prompt_tokens, &body),
+        reply if body["stream"] == Value::Bool(true) => {
+            stream_reply(&shared.options, &model, reply, prompt_tokens, &body)
+        }
         Reply::Text(text) => {
             let completion_tokens = text.split_whitespace().count().max(1) as u64;
             Json(json!({

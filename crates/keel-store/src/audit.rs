@@ -33,8 +33,7 @@ pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
 /// digits (`2025-01-02T03:04:05.123456789Z`), so the text sorts like the instant and hashes
 /// the same however the instant was written.
 pub fn format_at(at: OffsetDateTime) -> String {
-    let fmt =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
+    let fmt = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
     at.to_offset(UtcOffset::UTC)
         .format(&fmt)
         // Only years outside 0000..=9999 fail; fall back to the general RFC 3339 text.
@@ -94,16 +93,7 @@ pub fn next_record(
     let at = at.to_offset(UtcOffset::UTC);
     let payload_hash = sha256_hex(payload.as_bytes());
     let hash = record_hash(seq, at, actor, action, &payload_hash, &prev_hash);
-    AuditRecord {
-        seq,
-        at,
-        actor: actor.to_owned(),
-        action: action.to_owned(),
-        payload,
-        payload_hash,
-        prev_hash,
-        hash,
-    }
+    AuditRecord { seq, at, actor: actor.to_owned(), action: action.to_owned(), payload, payload_hash, prev_hash, hash }
 }
 
 /// The payload text stored for an explicit audit entry: its JSON, compact.
@@ -114,10 +104,7 @@ pub fn entry_payload(entry: &AuditEntry) -> String {
 /// Refuses entries whose time has no fixed-width RFC 3339 form (years outside 0000..=9999),
 /// before anything is written.
 pub fn check_entries(entries: &[AuditEntry]) -> Result<()> {
-    match entries
-        .iter()
-        .find(|e| !(0..=9999).contains(&e.at.to_offset(UtcOffset::UTC).year()))
-    {
+    match entries.iter().find(|e| !(0..=9999).contains(&e.at.to_offset(UtcOffset::UTC).year())) {
         Some(e) => Err(StoreError::InvalidInput {
             what: format!("the audit entry `{}` by `{}`", e.action, e.actor),
             reason: format!("its time {} is outside the years 0000..=9999", e.at),
@@ -160,30 +147,13 @@ pub fn decision_payload(interaction: &Interaction) -> String {
 
 /// The records a batch appends after `prev` (the last stored record's seq and hash): one
 /// `decision` record per interaction in order, stamped `now`, then one per explicit entry.
-pub fn batch_records(
-    prev: Option<(i64, &str)>,
-    now: OffsetDateTime,
-    batch: &WriteBatch,
-) -> Vec<AuditRecord> {
-    let mut records: Vec<AuditRecord> =
-        Vec::with_capacity(batch.interactions.len() + batch.audit.len());
+pub fn batch_records(prev: Option<(i64, &str)>, now: OffsetDateTime, batch: &WriteBatch) -> Vec<AuditRecord> {
+    let mut records: Vec<AuditRecord> = Vec::with_capacity(batch.interactions.len() + batch.audit.len());
     let mut link: Option<(i64, String)> = prev.map(|(seq, hash)| (seq, hash.to_owned()));
-    let decisions = batch
-        .interactions
-        .iter()
-        .map(|i| (now, DECISION_ACTOR, DECISION_ACTION, decision_payload(i)));
-    let entries = batch
-        .audit
-        .iter()
-        .map(|e| (e.at, e.actor.as_str(), e.action.as_str(), entry_payload(e)));
+    let decisions = batch.interactions.iter().map(|i| (now, DECISION_ACTOR, DECISION_ACTION, decision_payload(i)));
+    let entries = batch.audit.iter().map(|e| (e.at, e.actor.as_str(), e.action.as_str(), entry_payload(e)));
     for (at, actor, action, payload) in decisions.chain(entries) {
-        let record = next_record(
-            link.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
-            at,
-            actor,
-            action,
-            payload,
-        );
+        let record = next_record(link.as_ref().map(|(seq, hash)| (*seq, hash.as_str())), at, actor, action, payload);
         link = Some((record.seq, record.hash.clone()));
         records.push(record);
     }
@@ -210,12 +180,7 @@ impl Default for ChainVerifier {
 impl ChainVerifier {
     /// A verifier expecting seq 1 linked to the genesis hash.
     pub fn new() -> Self {
-        Self {
-            count: 0,
-            last_seq: 0,
-            last_hash: GENESIS_HASH.to_owned(),
-            broken: None,
-        }
+        Self { count: 0, last_seq: 0, last_hash: GENESIS_HASH.to_owned(), broken: None }
     }
 
     /// The seq the next record must have.
@@ -255,10 +220,7 @@ impl ChainVerifier {
     fn fault(&self, expected: i64, record: &AuditRecord) -> Option<String> {
         if record.seq != expected {
             return Some(if record.seq > expected {
-                format!(
-                    "record {expected} is missing or out of order: the next record found is {}",
-                    record.seq
-                )
+                format!("record {expected} is missing or out of order: the next record found is {}", record.seq)
             } else {
                 format!(
                     "record {} appears where record {expected} was expected (duplicated or out of order)",
@@ -278,22 +240,12 @@ impl ChainVerifier {
             });
         }
         if sha256_hex(record.payload.as_bytes()) != record.payload_hash {
-            return Some(
-                "the payload does not match its payload_hash (payload changed)".to_owned(),
-            );
+            return Some("the payload does not match its payload_hash (payload changed)".to_owned());
         }
-        let hash = record_hash(
-            record.seq,
-            record.at,
-            &record.actor,
-            &record.action,
-            &record.payload_hash,
-            &record.prev_hash,
-        );
+        let hash =
+            record_hash(record.seq, record.at, &record.actor, &record.action, &record.payload_hash, &record.prev_hash);
         if hash != record.hash {
-            return Some(
-                "the record's hash does not match its contents (a field was changed)".to_owned(),
-            );
+            return Some("the record's hash does not match its contents (a field was changed)".to_owned());
         }
         None
     }
@@ -302,11 +254,7 @@ impl ChainVerifier {
     pub fn finish(self) -> VerifyReport {
         match self.broken {
             Some((seq, reason)) => VerifyReport::Broken { seq, reason },
-            None => VerifyReport::Ok {
-                count: self.count,
-                last_seq: self.last_seq,
-                last_hash: self.last_hash,
-            },
+            None => VerifyReport::Ok { count: self.count, last_seq: self.last_seq, last_hash: self.last_hash },
         }
     }
 }
@@ -340,9 +288,7 @@ pub async fn verify_store(store: &(impl AuditStore + ?Sized)) -> Result<VerifyRe
             Err(StoreError::CorruptAuditRecord { seq, reason }) => {
                 // Check the readable records before the bad row first: an earlier break wins.
                 let readable = if seq > from {
-                    store
-                        .audit_records(from, seq - 1, AUDIT_PAGE.saturating_mul(2))
-                        .await?
+                    store.audit_records(from, seq - 1, AUDIT_PAGE.saturating_mul(2)).await?
                 } else {
                     Vec::new()
                 };
@@ -355,12 +301,8 @@ pub async fn verify_store(store: &(impl AuditStore + ?Sized)) -> Result<VerifyRe
                 if at == seq {
                     verifier.fail(seq, format!("the record is unreadable: {reason}"));
                 } else {
-                    verifier.fail(
-                        at,
-                        format!(
-                            "record {at} is missing or out of order: the next record found is {seq}"
-                        ),
-                    );
+                    verifier
+                        .fail(at, format!("record {at} is missing or out of order: the next record found is {seq}"));
                 }
                 break;
             }
@@ -400,10 +342,8 @@ where
         };
         let mut buf = Vec::with_capacity(page.len() * 256);
         for record in &page {
-            serde_json::to_writer(&mut buf, record).map_err(|source| StoreError::Json {
-                what: "an audit record",
-                source,
-            })?;
+            serde_json::to_writer(&mut buf, record)
+                .map_err(|source| StoreError::Json { what: "an audit record", source })?;
             buf.push(b'\n');
         }
         out.write_all(&buf).await.map_err(StoreError::Export)?;
@@ -454,11 +394,7 @@ mod tests {
     fn empty_chain_is_ok_at_genesis() {
         assert_eq!(
             verify_chain(Vec::new()),
-            VerifyReport::Ok {
-                count: 0,
-                last_seq: 0,
-                last_hash: GENESIS_HASH.to_owned()
-            }
+            VerifyReport::Ok { count: 0, last_seq: 0, last_hash: GENESIS_HASH.to_owned() }
         );
     }
 
@@ -466,14 +402,7 @@ mod tests {
     fn valid_chain_verifies_with_last_link() {
         let records = chain(5);
         let last_hash = records[4].hash.clone();
-        assert_eq!(
-            verify_chain(records),
-            VerifyReport::Ok {
-                count: 5,
-                last_seq: 5,
-                last_hash
-            }
-        );
+        assert_eq!(verify_chain(records), VerifyReport::Ok { count: 5, last_seq: 5, last_hash });
     }
 
     #[test]
@@ -503,14 +432,7 @@ mod tests {
         let mut records = chain(5);
         let r = &mut records[2];
         r.actor = "mallory".to_owned();
-        r.hash = record_hash(
-            r.seq,
-            r.at,
-            &r.actor,
-            &r.action,
-            &r.payload_hash,
-            &r.prev_hash,
-        );
+        r.hash = record_hash(r.seq, r.at, &r.actor, &r.action, &r.payload_hash, &r.prev_hash);
         assert_eq!(broken_at(&verify_chain(records)), Some(4));
     }
 
@@ -555,22 +477,8 @@ mod tests {
 
     #[test]
     fn hash_encoding_separates_field_boundaries() {
-        let a = record_hash(
-            1,
-            datetime!(2025-01-01 0:00 UTC),
-            "ab",
-            "c",
-            "p",
-            GENESIS_HASH,
-        );
-        let b = record_hash(
-            1,
-            datetime!(2025-01-01 0:00 UTC),
-            "a",
-            "bc",
-            "p",
-            GENESIS_HASH,
-        );
+        let a = record_hash(1, datetime!(2025-01-01 0:00 UTC), "ab", "c", "p", GENESIS_HASH);
+        let b = record_hash(1, datetime!(2025-01-01 0:00 UTC), "a", "bc", "p", GENESIS_HASH);
         assert_ne!(a, b);
     }
 

@@ -26,8 +26,8 @@ pub use privacy::stored_text;
 pub use sqlite::SqliteStore;
 pub use store::{AuditStore, HandoffStore, InteractionStore, Store};
 pub use types::{
-    checks_hit, AuditEntry, HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary,
-    VerifyReport, WriteBatch, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT,
+    checks_hit, AuditEntry, HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, VerifyReport,
+    WriteBatch, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT,
 };
 pub use url::{redact_url, Backend, RedactedUrl};
 pub use writer::{Writer, WriterConfig, WriterHandle, WriterSummary};
@@ -37,13 +37,8 @@ pub use writer::{Writer, WriterConfig, WriterHandle, WriterSummary};
 pub async fn resolve(url: &str) -> Result<Arc<dyn Store>> {
     match Backend::of_url(url) {
         Some(Backend::Sqlite) => Ok(Arc::new(SqliteStore::open(url).await?)),
-        Some(Backend::Postgres) => Err(StoreError::NotYetSupported {
-            backend: "PostgreSQL",
-            url: redact_url(url),
-        }),
-        None => Err(StoreError::UnsupportedUrl {
-            url: redact_url(url),
-        }),
+        Some(Backend::Postgres) => Err(StoreError::NotYetSupported { backend: "PostgreSQL", url: redact_url(url) }),
+        None => Err(StoreError::UnsupportedUrl { url: redact_url(url) }),
     }
 }
 
@@ -59,10 +54,7 @@ mod tests {
 
     #[tokio::test]
     async fn resolve_says_postgres_is_not_yet_supported_without_the_password() {
-        let err = resolve("postgres://keel:hunter2@db/keel")
-            .await
-            .err()
-            .unwrap();
+        let err = resolve("postgres://keel:hunter2@db/keel").await.err().unwrap();
         let message = err.to_string();
         assert!(message.contains("not yet supported"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");

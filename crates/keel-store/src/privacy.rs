@@ -13,10 +13,7 @@ pub fn stored_text(original: &str, redacted: Option<&str>, privacy: Privacy) -> 
         Privacy::Redacted => Some(redacted.unwrap_or(original).to_owned()),
         Privacy::None => None,
     };
-    StoredText {
-        text,
-        sha256: sha256_hex(original.as_bytes()),
-    }
+    StoredText { text, sha256: sha256_hex(original.as_bytes()) }
 }
 
 #[cfg(test)]

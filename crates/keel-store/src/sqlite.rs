@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_core::{
-    Action, AuditRecord, CheckResult, Decision, Interaction, InteractionId, Outcome, PolicyRef,
-    StoredText, Timings, Tokens,
+    Action, AuditRecord, CheckResult, Decision, Interaction, InteractionId, Outcome, PolicyRef, StoredText, Timings,
+    Tokens,
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use time::OffsetDateTime;
@@ -25,9 +24,7 @@ use tokio::sync::Mutex;
 use crate::audit::{batch_records, check_entries, format_at, parse_at};
 use crate::error::{Result, StoreError};
 use crate::store::{AuditStore, HandoffStore, InteractionStore, Store};
-use crate::types::{
-    checks_hit, HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, WriteBatch,
-};
+use crate::types::{checks_hit, HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, WriteBatch};
 use crate::url::RedactedUrl;
 
 /// The SQLite schema's versioned migrations, embedded at build time.
@@ -58,9 +55,7 @@ pub struct SqliteStore {
 
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
+        f.debug_struct("SqliteStore").field("url", &self.url).finish_non_exhaustive()
     }
 }
 
@@ -75,22 +70,15 @@ impl SqliteStore {
         let target = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::UnsupportedUrl {
-                url: redacted.to_string(),
-            })?;
+            .ok_or_else(|| StoreError::UnsupportedUrl { url: redacted.to_string() })?;
         let (database, query) = target.split_once('?').unwrap_or((target, ""));
         let in_memory = database == ":memory:" || query.split('&').any(|p| p == "mode=memory");
         if database.is_empty() && !in_memory {
-            return Err(StoreError::UnsupportedUrl {
-                url: redacted.to_string(),
-            });
+            return Err(StoreError::UnsupportedUrl { url: redacted.to_string() });
         }
 
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(|source| StoreError::Open {
-                url: redacted.to_string(),
-                source,
-            })?
+            .map_err(|source| StoreError::Open { url: redacted.to_string(), source })?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -99,23 +87,13 @@ impl SqliteStore {
 
         let pool_options = if in_memory {
             // An in-memory database lives as long as its connection: keep exactly one, forever.
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
+            SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
         } else {
             let path = options.get_filename();
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                let is_dir = tokio::fs::metadata(dir)
-                    .await
-                    .map(|m| m.is_dir())
-                    .unwrap_or(false);
+                let is_dir = tokio::fs::metadata(dir).await.map(|m| m.is_dir()).unwrap_or(false);
                 if !is_dir {
-                    return Err(StoreError::MissingDirectory {
-                        path: path.to_path_buf(),
-                        dir: dir.to_path_buf(),
-                    });
+                    return Err(StoreError::MissingDirectory { path: path.to_path_buf(), dir: dir.to_path_buf() });
                 }
             }
             SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE)
@@ -124,23 +102,10 @@ impl SqliteStore {
         let pool = pool_options
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Open {
-                url: redacted.to_string(),
-                source,
-            })?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                url: redacted.to_string(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Open { url: redacted.to_string(), source })?;
+        MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { url: redacted.to_string(), source })?;
         tracing::debug!(url = %redacted, "opened SQLite store");
-        Ok(Self {
-            pool,
-            url: redacted,
-            write_lock: Mutex::new(()),
-        })
+        Ok(Self { pool, url: redacted, write_lock: Mutex::new(()) })
     }
 
     /// The database URL with any secrets removed.
@@ -153,10 +118,7 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    async fn insert_interaction(
-        tx: &mut Transaction<'static, Sqlite>,
-        row: &InteractionRow<'_>,
-    ) -> Result<()> {
+    async fn insert_interaction(tx: &mut Transaction<'static, Sqlite>, row: &InteractionRow<'_>) -> Result<()> {
         let i = row.interaction;
         sqlx::query(
             "INSERT INTO interactions (id, created_at, app, model, stream, request_text, \
@@ -213,11 +175,7 @@ impl SqliteStore {
 
 /// Maps a driver error to `StoreError::Database`, deciding whether a retry may help.
 fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Database {
-        operation,
-        retryable: is_retryable(&source),
-        source,
-    }
+    move |source| StoreError::Database { operation, retryable: is_retryable(&source), source }
 }
 
 /// True for errors of the environment (busy, locked, I/O, disk full, pool exhausted), false
@@ -230,15 +188,9 @@ fn is_retryable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Database(e) => {
             let code = e.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0);
-            !matches!(
-                code & 0xff,
-                SQLITE_TOOBIG | SQLITE_CONSTRAINT | SQLITE_MISMATCH | SQLITE_RANGE
-            )
+            !matches!(code & 0xff, SQLITE_TOOBIG | SQLITE_CONSTRAINT | SQLITE_MISMATCH | SQLITE_RANGE)
         }
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => true,
         _ => false,
     }
 }
@@ -252,10 +204,8 @@ fn to_nanos(at: OffsetDateTime, what: impl FnOnce() -> String) -> Result<i64> {
 }
 
 fn from_nanos(nanos: i64, what: &str) -> Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).map_err(|e| StoreError::Corrupt {
-        what: what.to_owned(),
-        reason: format!("bad timestamp {nanos}: {e}"),
-    })
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
+        .map_err(|e| StoreError::Corrupt { what: what.to_owned(), reason: format!("bad timestamp {nanos}: {e}") })
 }
 
 fn to_i64(value: u64, what: &str, field: &str) -> Result<i64> {
@@ -280,19 +230,12 @@ struct InteractionRow<'a> {
 impl<'a> InteractionRow<'a> {
     fn new(interaction: &'a Interaction) -> Result<Self> {
         let what = format!("interaction {}", interaction.id);
-        let json = |source| StoreError::Json {
-            what: "an interaction",
-            source,
-        };
+        let json = |source| StoreError::Json { what: "an interaction", source };
         Ok(Self {
             interaction,
             created_at: to_nanos(interaction.created_at, || what.clone())?,
             overhead_us: to_i64(interaction.timings.overhead_us, &what, "overhead_us")?,
-            prompt_tokens: interaction
-                .tokens
-                .prompt
-                .map(|t| to_i64(t, &what, "prompt tokens"))
-                .transpose()?,
+            prompt_tokens: interaction.tokens.prompt.map(|t| to_i64(t, &what, "prompt tokens")).transpose()?,
             completion_tokens: interaction
                 .tokens
                 .completion
@@ -316,16 +259,11 @@ impl<'r> RowReader<'r> {
     where
         T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
     {
-        self.row
-            .try_get(column)
-            .map_err(|e| self.corrupt(column, e))
+        self.row.try_get(column).map_err(|e| self.corrupt(column, e))
     }
 
     fn corrupt(&self, column: &str, reason: impl fmt::Display) -> StoreError {
-        StoreError::Corrupt {
-            what: self.what.clone(),
-            reason: format!("column `{column}`: {reason}"),
-        }
+        StoreError::Corrupt { what: self.what.clone(), reason: format!("column `{column}`: {reason}") }
     }
 
     fn parse<T, E: fmt::Display>(
@@ -353,13 +291,8 @@ impl<'r> RowReader<'r> {
 }
 
 fn reader<'r>(row: &'r SqliteRow, kind: &str) -> RowReader<'r> {
-    let id = row
-        .try_get::<String, _>("id")
-        .unwrap_or_else(|_| "?".to_owned());
-    RowReader {
-        row,
-        what: format!("{kind} {id}"),
-    }
+    let id = row.try_get::<String, _>("id").unwrap_or_else(|_| "?".to_owned());
+    RowReader { row, what: format!("{kind} {id}") }
 }
 
 fn interaction_from_row(row: &SqliteRow) -> Result<Interaction> {
@@ -370,14 +303,8 @@ fn interaction_from_row(row: &SqliteRow) -> Result<Interaction> {
         app: r.get("app")?,
         model: r.get("model")?,
         stream: r.get("stream")?,
-        request: StoredText {
-            text: r.get("request_text")?,
-            sha256: r.get("request_sha256")?,
-        },
-        response: StoredText {
-            text: r.get("response_text")?,
-            sha256: r.get("response_sha256")?,
-        },
+        request: StoredText { text: r.get("request_text")?, sha256: r.get("request_sha256")? },
+        response: StoredText { text: r.get("response_text")?, sha256: r.get("response_sha256")? },
         outcome: r.parse("outcome", Outcome::from_str)?,
         http_status: r.unsigned("http_status")?,
         error: r.get("error")?,
@@ -418,31 +345,24 @@ fn timings(r: &RowReader<'_>) -> Result<Timings> {
 }
 
 fn policy(r: &RowReader<'_>) -> Result<PolicyRef> {
-    Ok(PolicyRef {
-        name: r.get("policy_name")?,
-        version: r.get("policy_version")?,
-    })
+    Ok(PolicyRef { name: r.get("policy_name")?, version: r.get("policy_version")? })
 }
 
 fn optional_unsigned(r: &RowReader<'_>, column: &str) -> Result<Option<u64>> {
     let value: Option<i64> = r.get(column)?;
-    value
-        .map(|v| u64::try_from(v).map_err(|_| r.corrupt(column, format!("{v} is negative"))))
-        .transpose()
+    value.map(|v| u64::try_from(v).map_err(|_| r.corrupt(column, format!("{v} is negative")))).transpose()
 }
 
 fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord> {
-    let seq: i64 = row.try_get("seq").map_err(|e| StoreError::Corrupt {
-        what: "audit record".to_owned(),
-        reason: format!("column `seq`: {e}"),
-    })?;
+    let seq: i64 = row
+        .try_get("seq")
+        .map_err(|e| StoreError::Corrupt { what: "audit record".to_owned(), reason: format!("column `seq`: {e}") })?;
     let corrupt = |column: &str, reason: String| StoreError::CorruptAuditRecord {
         seq,
         reason: format!("column `{column}`: {reason}"),
     };
     let text = |column: &str| -> Result<String> {
-        row.try_get::<String, _>(column)
-            .map_err(|e| corrupt(column, e.to_string()))
+        row.try_get::<String, _>(column).map_err(|e| corrupt(column, e.to_string()))
     };
     let at = text("at")?;
     Ok(AuditRecord {
@@ -458,10 +378,7 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord> {
 }
 
 fn handoff_from_row(row: &SqliteRow) -> Result<HandoffRequest> {
-    let r = RowReader {
-        row,
-        what: "handoff request".to_owned(),
-    };
+    let r = RowReader { row, what: "handoff request".to_owned() };
     Ok(HandoffRequest {
         interaction_id: r.parse("interaction_id", InteractionId::from_str)?,
         app: r.get("app")?,
@@ -482,20 +399,13 @@ impl InteractionStore for SqliteStore {
         row.as_ref().map(interaction_from_row).transpose()
     }
 
-    async fn list_interactions(
-        &self,
-        filter: &InteractionFilter,
-    ) -> Result<Vec<InteractionSummary>> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {SUMMARY_COLUMNS} FROM interactions WHERE 1 = 1"
-        ));
+    async fn list_interactions(&self, filter: &InteractionFilter) -> Result<Vec<InteractionSummary>> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {SUMMARY_COLUMNS} FROM interactions WHERE 1 = 1"));
         if let Some(since) = filter.since {
-            q.push(" AND created_at >= ")
-                .push_bind(to_nanos(since, || "the `since` filter".to_owned())?);
+            q.push(" AND created_at >= ").push_bind(to_nanos(since, || "the `since` filter".to_owned())?);
         }
         if let Some(until) = filter.until {
-            q.push(" AND created_at < ")
-                .push_bind(to_nanos(until, || "the `until` filter".to_owned())?);
+            q.push(" AND created_at < ").push_bind(to_nanos(until, || "the `until` filter".to_owned())?);
         }
         if let Some(app) = &filter.app {
             q.push(" AND app = ").push_bind(app.clone());
@@ -512,12 +422,11 @@ impl InteractionStore for SqliteStore {
             .push(")");
         }
         if let Some(before) = filter.before {
-            let cursor: Option<i64> =
-                sqlx::query_scalar("SELECT created_at FROM interactions WHERE id = ?")
-                    .bind(before.to_string())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db("reading the paging cursor"))?;
+            let cursor: Option<i64> = sqlx::query_scalar("SELECT created_at FROM interactions WHERE id = ?")
+                .bind(before.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading the paging cursor"))?;
             let cursor = cursor.ok_or(StoreError::CursorNotFound(before))?;
             q.push(" AND (created_at < ")
                 .push_bind(cursor)
@@ -527,13 +436,8 @@ impl InteractionStore for SqliteStore {
                 .push_bind(before.to_string())
                 .push("))");
         }
-        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(i64::from(filter.effective_limit()));
-        let rows = q
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("listing interactions"))?;
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(filter.effective_limit()));
+        let rows = q.build().fetch_all(&self.pool).await.map_err(db("listing interactions"))?;
         rows.iter().map(summary_from_row).collect()
     }
 }
@@ -541,9 +445,7 @@ impl InteractionStore for SqliteStore {
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn audit_records(&self, from: i64, to: i64, limit: u32) -> Result<Vec<AuditRecord>> {
-        let sql = format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?"
-        );
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?");
         let rows = sqlx::query(&sql)
             .bind(from)
             .bind(to)
@@ -556,10 +458,7 @@ impl AuditStore for SqliteStore {
 
     async fn last_audit_record(&self) -> Result<Option<AuditRecord>> {
         let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1");
-        let row = sqlx::query(&sql)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("reading the audit log"))?;
+        let row = sqlx::query(&sql).fetch_optional(&self.pool).await.map_err(db("reading the audit log"))?;
         row.as_ref().map(audit_from_row).transpose()
     }
 }
@@ -567,23 +466,16 @@ impl AuditStore for SqliteStore {
 #[async_trait]
 impl HandoffStore for SqliteStore {
     async fn list_handoffs(&self, filter: &HandoffFilter) -> Result<Vec<HandoffRequest>> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT interaction_id, app, created_at, reason FROM handoffs WHERE 1 = 1",
-        );
+        let mut q =
+            QueryBuilder::<Sqlite>::new("SELECT interaction_id, app, created_at, reason FROM handoffs WHERE 1 = 1");
         if let Some(app) = &filter.app {
             q.push(" AND app = ").push_bind(app.clone());
         }
         if let Some(since) = filter.since {
-            q.push(" AND created_at >= ")
-                .push_bind(to_nanos(since, || "the `since` filter".to_owned())?);
+            q.push(" AND created_at >= ").push_bind(to_nanos(since, || "the `since` filter".to_owned())?);
         }
-        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(i64::from(filter.effective_limit()));
-        let rows = q
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("listing handoff requests"))?;
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(filter.effective_limit()));
+        let rows = q.build().fetch_all(&self.pool).await.map_err(db("listing handoff requests"))?;
         rows.iter().map(handoff_from_row).collect()
     }
 }
@@ -596,28 +488,19 @@ impl Store for SqliteStore {
         }
         // Convert everything first: a value that cannot be stored fails before any I/O.
         check_entries(&batch.audit)?;
-        let rows = batch
-            .interactions
-            .iter()
-            .map(InteractionRow::new)
-            .collect::<Result<Vec<_>>>()?;
+        let rows = batch.interactions.iter().map(InteractionRow::new).collect::<Result<Vec<_>>>()?;
         let handoffs = batch
             .handoffs
             .iter()
             .map(|h| {
-                let at = to_nanos(h.created_at, || {
-                    format!("the handoff request for interaction {}", h.interaction_id)
-                })?;
+                let at =
+                    to_nanos(h.created_at, || format!("the handoff request for interaction {}", h.interaction_id))?;
                 Ok((h, at))
             })
             .collect::<Result<Vec<_>>>()?;
 
         let _writer = self.write_lock.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("starting a write"))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("starting a write"))?;
 
         for row in &rows {
             Self::insert_interaction(&mut tx, row).await?;
@@ -636,16 +519,12 @@ impl Store for SqliteStore {
             .map_err(db("storing a handoff request"))?;
         }
 
-        let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db("reading the end of the audit log"))?;
-        let records = batch_records(
-            last.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
-            OffsetDateTime::now_utc(),
-            &batch,
-        );
+        let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("reading the end of the audit log"))?;
+        let records =
+            batch_records(last.as_ref().map(|(seq, hash)| (*seq, hash.as_str())), OffsetDateTime::now_utc(), &batch);
         for r in &records {
             sqlx::query(
                 "INSERT INTO audit_log (seq, at, actor, action, payload, payload_hash, \
@@ -683,13 +562,8 @@ mod tests {
     async fn missing_directory_is_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nope").join("keel.db");
-        let err = SqliteStore::open(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, StoreError::MissingDirectory { .. }),
-            "{err:?}"
-        );
+        let err = SqliteStore::open(&format!("sqlite://{}", path.display())).await.unwrap_err();
+        assert!(matches!(err, StoreError::MissingDirectory { .. }), "{err:?}");
         let message = err.to_string();
         assert!(message.contains("does not exist"), "{message}");
         assert!(message.contains("nope"), "{message}");

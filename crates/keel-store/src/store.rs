@@ -8,9 +8,7 @@ use async_trait::async_trait;
 use keel_core::{AuditRecord, Interaction, InteractionId};
 
 use crate::error::Result;
-use crate::types::{
-    HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, VerifyReport, WriteBatch,
-};
+use crate::types::{HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, VerifyReport, WriteBatch};
 
 /// Reading stored interactions.
 #[async_trait]
@@ -20,10 +18,7 @@ pub trait InteractionStore: Send + Sync {
 
     /// Summaries of the interactions matching `filter`, newest first (ties broken by id), at
     /// most `filter.effective_limit()` of them; pass the last id as `before` for the next page.
-    async fn list_interactions(
-        &self,
-        filter: &InteractionFilter,
-    ) -> Result<Vec<InteractionSummary>>;
+    async fn list_interactions(&self, filter: &InteractionFilter) -> Result<Vec<InteractionSummary>>;
 }
 
 /// Reading and checking the hash-chained audit log.

@@ -41,9 +41,7 @@ pub struct InteractionFilter {
 impl InteractionFilter {
     /// The page size this filter asks for, after applying the default and the bounds.
     pub fn effective_limit(&self) -> u32 {
-        self.limit
-            .unwrap_or(DEFAULT_LIST_LIMIT)
-            .clamp(1, MAX_LIST_LIMIT)
+        self.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT)
     }
 }
 
@@ -133,9 +131,7 @@ pub struct HandoffFilter {
 impl HandoffFilter {
     /// The page size this filter asks for, after applying the default and the bounds.
     pub fn effective_limit(&self) -> u32 {
-        self.limit
-            .unwrap_or(DEFAULT_LIST_LIMIT)
-            .clamp(1, MAX_LIST_LIMIT)
+        self.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT)
     }
 }
 
@@ -155,17 +151,8 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// An entry stamped with the current time.
-    pub fn now(
-        actor: impl Into<String>,
-        action: impl Into<String>,
-        payload: serde_json::Value,
-    ) -> Self {
-        Self {
-            at: OffsetDateTime::now_utc(),
-            actor: actor.into(),
-            action: action.into(),
-            payload,
-        }
+    pub fn now(actor: impl Into<String>, action: impl Into<String>, payload: serde_json::Value) -> Self {
+        Self { at: OffsetDateTime::now_utc(), actor: actor.into(), action: action.into(), payload }
     }
 }
 

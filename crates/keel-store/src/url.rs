@@ -88,10 +88,7 @@ mod tests {
             redact_url("postgres://keel:secret@db:5432/keel?sslmode=require"),
             "postgres://***@db:5432/keel?***"
         );
-        assert_eq!(
-            redact_url("postgresql://user@db/keel"),
-            "postgresql://***@db/keel"
-        );
+        assert_eq!(redact_url("postgresql://user@db/keel"), "postgresql://***@db/keel");
     }
 
     #[test]

@@ -51,11 +51,7 @@ pub struct WriterConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self {
-            max_batch: 512,
-            max_delay: Duration::from_millis(5),
-            capacity: 8192,
-        }
+        Self { max_batch: 512, max_delay: Duration::from_millis(5), capacity: 8192 }
     }
 }
 
@@ -95,10 +91,7 @@ pub struct Writer;
 impl Writer {
     /// Spawns the writer task on the current tokio runtime; returns a handle to send to it and
     /// the task's `JoinHandle`, which completes after a clean shutdown has written everything.
-    pub fn spawn(
-        store: Arc<dyn Store>,
-        config: WriterConfig,
-    ) -> (WriterHandle, JoinHandle<WriterSummary>) {
+    pub fn spawn(store: Arc<dyn Store>, config: WriterConfig) -> (WriterHandle, JoinHandle<WriterSummary>) {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let shared = Arc::new(Shared::default());
         let task = Task {
@@ -133,13 +126,8 @@ impl WriterHandle {
     ///
     /// Waits while the queue is full (backpressure); once it returns `Ok` the writer owns
     /// the record and a clean shutdown will store it. Fails only when the writer has shut down.
-    pub async fn record_interaction(
-        &self,
-        interaction: Interaction,
-        handoff: Option<HandoffRequest>,
-    ) -> Result<()> {
-        self.send_item(Item::Interaction(Box::new(interaction), handoff))
-            .await
+    pub async fn record_interaction(&self, interaction: Interaction, handoff: Option<HandoffRequest>) -> Result<()> {
+        self.send_item(Item::Interaction(Box::new(interaction), handoff)).await
     }
 
     /// Queues an explicit audit entry; it is appended after everything queued before it.
@@ -153,10 +141,7 @@ impl WriterHandle {
     /// database refused, rejected and logged).
     pub async fn flush(&self) -> Result<()> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Message::Flush(ack))
-            .await
-            .map_err(|_| StoreError::WriterClosed)?;
+        self.tx.send(Message::Flush(ack)).await.map_err(|_| StoreError::WriterClosed)?;
         done.await.map_err(|_| StoreError::WriterClosed)
     }
 
@@ -259,11 +244,7 @@ impl Task {
             written: self.shared.written.load(Ordering::Relaxed),
             rejected: self.shared.rejected.load(Ordering::Relaxed),
         };
-        tracing::debug!(
-            written = summary.written,
-            rejected = summary.rejected,
-            "store writer finished"
-        );
+        tracing::debug!(written = summary.written, rejected = summary.rejected, "store writer finished");
         summary
     }
 
@@ -299,15 +280,9 @@ impl Task {
     }
 
     fn done(&self, written: usize, rejected: usize) {
-        self.shared
-            .written
-            .fetch_add(written as u64, Ordering::Relaxed);
-        self.shared
-            .rejected
-            .fetch_add(rejected as u64, Ordering::Relaxed);
-        self.shared
-            .pending
-            .fetch_sub(written + rejected, Ordering::Relaxed);
+        self.shared.written.fetch_add(written as u64, Ordering::Relaxed);
+        self.shared.rejected.fetch_add(rejected as u64, Ordering::Relaxed);
+        self.shared.pending.fetch_sub(written + rejected, Ordering::Relaxed);
     }
 
     /// Writes the items, retrying as long as the error is one a retry may get past.
@@ -389,9 +364,7 @@ mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
-    use keel_core::{
-        Action, AuditRecord, InteractionId, Outcome, PolicyRef, StoredText, Timings, Tokens,
-    };
+    use keel_core::{Action, AuditRecord, InteractionId, Outcome, PolicyRef, StoredText, Timings, Tokens};
     use tokio::sync::Semaphore;
 
     use super::*;
@@ -427,10 +400,7 @@ mod tests {
         async fn get_interaction(&self, id: InteractionId) -> Result<Option<Interaction>> {
             self.inner.get_interaction(id).await
         }
-        async fn list_interactions(
-            &self,
-            filter: &InteractionFilter,
-        ) -> Result<Vec<InteractionSummary>> {
+        async fn list_interactions(&self, filter: &InteractionFilter) -> Result<Vec<InteractionSummary>> {
             self.inner.list_interactions(filter).await
         }
     }
@@ -459,10 +429,8 @@ mod tests {
             if let Some(gate) = &self.gate {
                 gate.acquire().await.unwrap().forget();
             }
-            let failing = self
-                .transient_failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
+            let failing =
+                self.transient_failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
             if failing {
                 return Err(StoreError::Database {
                     operation: "testing",
@@ -484,10 +452,7 @@ mod tests {
     }
 
     fn interaction() -> Interaction {
-        let policy = PolicyRef {
-            name: "p".to_owned(),
-            version: "1".to_owned(),
-        };
+        let policy = PolicyRef { name: "p".to_owned(), version: "1".to_owned() };
         Interaction {
             id: InteractionId::new(),
             created_at: time::OffsetDateTime::now_utc(),
@@ -509,11 +474,7 @@ mod tests {
     }
 
     fn slow_config() -> WriterConfig {
-        WriterConfig {
-            max_batch: 10_000,
-            max_delay: Duration::from_secs(3600),
-            capacity: 64,
-        }
+        WriterConfig { max_batch: 10_000, max_delay: Duration::from_secs(3600), capacity: 64 }
     }
 
     #[test]
@@ -538,10 +499,7 @@ mod tests {
     #[tokio::test]
     async fn default_config_matches_the_documented_values() {
         let c = WriterConfig::default();
-        assert_eq!(
-            (c.max_batch, c.max_delay, c.capacity),
-            (512, Duration::from_millis(5), 8192)
-        );
+        assert_eq!((c.max_batch, c.max_delay, c.capacity), (512, Duration::from_millis(5), 8192));
     }
 
     #[tokio::test]
@@ -561,13 +519,7 @@ mod tests {
         }
         drop(handle);
         let summary = join.await.unwrap();
-        assert_eq!(
-            summary,
-            WriterSummary {
-                written: 5,
-                rejected: 0
-            }
-        );
+        assert_eq!(summary, WriterSummary { written: 5, rejected: 0 });
     }
 
     #[tokio::test]
@@ -580,10 +532,7 @@ mod tests {
         for i in &sent {
             handle.record_interaction(i.clone(), None).await.unwrap();
         }
-        handle
-            .record_audit(AuditEntry::now("cli", "after", serde_json::json!({})))
-            .await
-            .unwrap();
+        handle.record_audit(AuditEntry::now("cli", "after", serde_json::json!({}))).await.unwrap();
         handle.flush().await.unwrap();
         assert_eq!(handle.rejected(), 1);
         assert_eq!(handle.queue_depth(), 0);
@@ -595,33 +544,18 @@ mod tests {
         let records = store.audit_records(1, 100, 100).await.unwrap();
         assert_eq!(records.len(), 5);
         assert_eq!(records[4].action, "after");
-        assert!(matches!(
-            store.verify().await.unwrap(),
-            VerifyReport::Ok { count: 5, .. }
-        ));
+        assert!(matches!(store.verify().await.unwrap(), VerifyReport::Ok { count: 5, .. }));
         drop(handle);
-        assert_eq!(
-            join.await.unwrap(),
-            WriterSummary {
-                written: 5,
-                rejected: 1
-            }
-        );
+        assert_eq!(join.await.unwrap(), WriterSummary { written: 5, rejected: 1 });
     }
 
     #[tokio::test]
     async fn batches_are_cut_at_max_batch() {
         let store = Arc::new(FlakyStore::new().await);
-        let config = WriterConfig {
-            max_batch: 4,
-            ..slow_config()
-        };
+        let config = WriterConfig { max_batch: 4, ..slow_config() };
         let (handle, join) = Writer::spawn(store.clone(), config);
         for _ in 0..10 {
-            handle
-                .record_interaction(interaction(), None)
-                .await
-                .unwrap();
+            handle.record_interaction(interaction(), None).await.unwrap();
         }
         handle.flush().await.unwrap();
         assert_eq!(*store.batch_sizes.lock().unwrap(), vec![4, 4, 2]);
@@ -632,15 +566,9 @@ mod tests {
     #[tokio::test]
     async fn a_batch_is_written_after_max_delay_without_a_flush() {
         let store = Arc::new(FlakyStore::new().await);
-        let config = WriterConfig {
-            max_delay: Duration::from_millis(20),
-            ..slow_config()
-        };
+        let config = WriterConfig { max_delay: Duration::from_millis(20), ..slow_config() };
         let (handle, join) = Writer::spawn(store.clone(), config);
-        handle
-            .record_interaction(interaction(), None)
-            .await
-            .unwrap();
+        handle.record_interaction(interaction(), None).await.unwrap();
         let waited = tokio::time::timeout(Duration::from_secs(5), async {
             while handle.written() == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -658,63 +586,36 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         store.gate = Some(gate.clone());
         let store = Arc::new(store);
-        let config = WriterConfig {
-            max_batch: 1,
-            max_delay: Duration::from_millis(1),
-            capacity: 2,
-        };
+        let config = WriterConfig { max_batch: 1, max_delay: Duration::from_millis(1), capacity: 2 };
         let (handle, join) = Writer::spawn(store.clone(), config);
         let sender = {
             let handle = handle.clone();
             tokio::spawn(async move {
                 for _ in 0..6 {
-                    handle
-                        .record_interaction(interaction(), None)
-                        .await
-                        .unwrap();
+                    handle.record_interaction(interaction(), None).await.unwrap();
                 }
             })
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
         // One item is being written (blocked), two wait in the channel, the fourth sender waits.
-        assert!(
-            !sender.is_finished(),
-            "senders must wait while the queue is full"
-        );
+        assert!(!sender.is_finished(), "senders must wait while the queue is full");
         assert_eq!(handle.queue_depth(), 4);
 
         gate.add_permits(1000);
-        tokio::time::timeout(Duration::from_secs(5), sender)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), sender).await.unwrap().unwrap();
         drop(handle);
         let summary = join.await.unwrap();
         assert_eq!(summary.written, 6);
-        assert_eq!(
-            store
-                .list_interactions(&InteractionFilter::default())
-                .await
-                .unwrap()
-                .len(),
-            6
-        );
+        assert_eq!(store.list_interactions(&InteractionFilter::default()).await.unwrap().len(), 6);
     }
 
     #[tokio::test]
     async fn zero_sizes_in_the_config_do_not_break_the_writer() {
         let store = Arc::new(FlakyStore::new().await);
-        let config = WriterConfig {
-            max_batch: 0,
-            max_delay: Duration::ZERO,
-            capacity: 0,
-        };
+        let config = WriterConfig { max_batch: 0, max_delay: Duration::ZERO, capacity: 0 };
         let (handle, join) = Writer::spawn(store.clone(), config);
         for _ in 0..3 {
-            handle
-                .record_interaction(interaction(), None)
-                .await
-                .unwrap();
+            handle.record_interaction(interaction(), None).await.unwrap();
         }
         drop(handle);
         assert_eq!(join.await.unwrap().written, 3);
@@ -725,22 +626,13 @@ mod tests {
         let store = Arc::new(FlakyStore::new().await);
         let (handle, join) = Writer::spawn(store.clone(), slow_config());
         for _ in 0..100 {
-            handle
-                .record_interaction(interaction(), None)
-                .await
-                .unwrap();
+            handle.record_interaction(interaction(), None).await.unwrap();
         }
         drop(handle);
-        let summary = tokio::time::timeout(Duration::from_secs(10), join)
-            .await
-            .unwrap()
-            .unwrap();
+        let summary = tokio::time::timeout(Duration::from_secs(10), join).await.unwrap().unwrap();
         assert_eq!(summary.written, 100);
         let listed = store
-            .list_interactions(&InteractionFilter {
-                limit: Some(500),
-                ..InteractionFilter::default()
-            })
+            .list_interactions(&InteractionFilter { limit: Some(500), ..InteractionFilter::default() })
             .await
             .unwrap();
         assert_eq!(listed.len(), 100);

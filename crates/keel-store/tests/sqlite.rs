@@ -28,11 +28,7 @@ impl SqliteHarness {
 
     /// A separate single-connection pool, as another process with the file would have.
     async fn connection(&self) -> SqlitePool {
-        SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect(&self.url())
-            .await
-            .unwrap()
+        SqlitePoolOptions::new().max_connections(1).connect(&self.url()).await.unwrap()
     }
 }
 
@@ -50,11 +46,7 @@ impl suite::Harness for SqliteHarness {
 
     async fn execute(&self, sql: &str) -> Result<(), String> {
         let conn = self.connection().await;
-        let result = sqlx::raw_sql(sql)
-            .execute(&conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string());
+        let result = sqlx::raw_sql(sql).execute(&conn).await.map(|_| ()).map_err(|e| e.to_string());
         conn.close().await;
         result
     }
@@ -83,9 +75,7 @@ store_test_suite!(sqlite_harness());
 async fn open_in_a_missing_directory_says_which_directory() {
     let h = sqlite_harness().await;
     let path = h.dir.path().join("no-such-dir").join("keel.db");
-    let err = SqliteStore::open(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap_err();
+    let err = SqliteStore::open(&format!("sqlite://{}", path.display())).await.unwrap_err();
     let StoreError::MissingDirectory { dir, .. } = &err else {
         panic!("expected MissingDirectory, got {err:?}");
     };
@@ -103,10 +93,7 @@ async fn open_creates_the_file_in_wal_mode() {
     let store = SqliteStore::open(&h.url()).await.unwrap();
     assert!(h.path.exists());
     let conn = h.connection().await;
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&conn)
-        .await
-        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&conn).await.unwrap();
     assert_eq!(mode, "wal");
     assert!(format!("{store:?}").contains("SqliteStore"));
 }
@@ -114,9 +101,7 @@ async fn open_creates_the_file_in_wal_mode() {
 #[tokio::test]
 async fn sqlite_colon_path_form_is_accepted() {
     let h = sqlite_harness().await;
-    let store = SqliteStore::open(&format!("sqlite:{}", h.path.display()))
-        .await
-        .unwrap();
+    let store = SqliteStore::open(&format!("sqlite:{}", h.path.display())).await.unwrap();
     assert!(store.verify().await.unwrap().is_ok());
     assert!(h.path.exists());
 }
@@ -126,11 +111,7 @@ async fn memory_databases_are_separate() {
     let a = keel_store::resolve("sqlite::memory:").await.unwrap();
     let b = keel_store::resolve("sqlite::memory:").await.unwrap();
     a.write_batch(keel_store::WriteBatch {
-        audit: vec![keel_store::AuditEntry::now(
-            "cli",
-            "test",
-            serde_json::json!({}),
-        )],
+        audit: vec![keel_store::AuditEntry::now("cli", "test", serde_json::json!({}))],
         ..keel_store::WriteBatch::default()
     })
     .await
@@ -142,11 +123,7 @@ async fn memory_databases_are_separate() {
 #[tokio::test]
 async fn a_file_that_is_not_a_database_is_a_clear_error() {
     let h = sqlite_harness().await;
-    std::fs::write(
-        &h.path,
-        b"this is not a database, just some text that is long enough",
-    )
-    .unwrap();
+    std::fs::write(&h.path, b"this is not a database, just some text that is long enough").unwrap();
     let err = SqliteStore::open(&h.url()).await.unwrap_err();
     let message = err.to_string();
     assert!(message.contains(&h.path.display().to_string()), "{message}");

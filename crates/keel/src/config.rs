@@ -177,7 +177,8 @@ pub fn keel_home() -> PathBuf {
 /// The store URL used when neither file nor flag names one.
 pub fn default_store_url(file_name: &str) -> anyhow::Result<String> {
     let home = keel_home();
-    std::fs::create_dir_all(&home).with_context(|| format!("cannot create Keel's home directory {}", home.display()))?;
+    std::fs::create_dir_all(&home)
+        .with_context(|| format!("cannot create Keel's home directory {}", home.display()))?;
     Ok(format!("sqlite://{}", home.join(file_name).display()))
 }
 
@@ -185,7 +186,8 @@ pub fn default_store_url(file_name: &str) -> anyhow::Result<String> {
 pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Config> {
     let (file, source_text, file_name) = match path {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the config file", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read the config file", path.display()))?;
             let name = path.display().to_string();
             let parsed: ConfigFile = TomlSource::new(&name, &text).deserialize()?;
             (parsed, text, name)
@@ -205,7 +207,9 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
         if overrides.listen.is_some() {
             anyhow::anyhow!("--listen: `{listen_text}` is not an address like 127.0.0.1:8080")
         } else {
-            source.error_at(&FieldPath::key("listen"), format!("`{listen_text}` is not an address like 127.0.0.1:8080")).into()
+            source
+                .error_at(&FieldPath::key("listen"), format!("`{listen_text}` is not an address like 127.0.0.1:8080"))
+                .into()
         }
     })?;
 
@@ -232,13 +236,15 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
             if u.request_timeout_ms == 0 || u.connect_timeout_ms == 0 {
                 bail!(source.error_at(&at.field("request_timeout_ms"), "timeouts must be greater than 0"));
             }
-            let api_key = match &u.api_key_env {
-                Some(var) => match std::env::var(var) {
-                    Ok(value) if !value.is_empty() => Some(value),
-                    _ => bail!(source.error_at(&at.field("api_key_env"), format!("environment variable `{var}` is not set"))),
-                },
-                None => None,
-            };
+            let api_key =
+                match &u.api_key_env {
+                    Some(var) => match std::env::var(var) {
+                        Ok(value) if !value.is_empty() => Some(value),
+                        _ => bail!(source
+                            .error_at(&at.field("api_key_env"), format!("environment variable `{var}` is not set"))),
+                    },
+                    None => None,
+                };
             upstreams.push(UpstreamConfig {
                 name: u.name.clone(),
                 base_url: u.base_url.clone(),
@@ -258,7 +264,10 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
     for (i, k) in file.keys.iter().enumerate() {
         let at = FieldPath::key("keys").index(i);
         let bytes = hex::decode(&k.sha256).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
-            source.error_at(&at.field("sha256"), "must be 64 hex characters (the SHA-256 of the key; see `keel keys new`)")
+            source.error_at(
+                &at.field("sha256"),
+                "must be 64 hex characters (the SHA-256 of the key; see `keel keys new`)",
+            )
         })?;
         if k.app.trim().is_empty() {
             bail!(source.error_at(&at.field("app"), "must not be empty"));
@@ -363,7 +372,11 @@ mod tests {
             ConfigFile::default(),
             "",
             "<command line>",
-            Overrides { upstream: Some("http://127.0.0.1:11434/v1".into()), store: Some("sqlite::memory:".into()), ..Overrides::default() },
+            Overrides {
+                upstream: Some("http://127.0.0.1:11434/v1".into()),
+                store: Some("sqlite::memory:".into()),
+                ..Overrides::default()
+            },
         )
         .unwrap();
         assert_eq!(config.upstreams[0].base_url, "http://127.0.0.1:11434/v1");

@@ -139,7 +139,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -182,7 +183,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { command: AuditCommand::Verify { store, config } } => {
             let url = store_url(store, config)?;
-            let store = keel_store::resolve(&url).await.with_context(|| format!("cannot open {}", keel_store::redact_url(&url)))?;
+            let store = keel_store::resolve(&url)
+                .await
+                .with_context(|| format!("cannot open {}", keel_store::redact_url(&url)))?;
             match store.verify().await? {
                 VerifyReport::Ok { count, last_seq, last_hash } => {
                     println!("OK: {count} audit records verified (last seq {last_seq}, hash {last_hash})");
@@ -196,10 +199,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { command: AuditCommand::Export { store, config, output } } => {
             let url = store_url(store, config)?;
-            let store = keel_store::resolve(&url).await.with_context(|| format!("cannot open {}", keel_store::redact_url(&url)))?;
+            let store = keel_store::resolve(&url)
+                .await
+                .with_context(|| format!("cannot open {}", keel_store::redact_url(&url)))?;
             let count = match output {
                 Some(path) => {
-                    let mut file = tokio::fs::File::create(&path).await.with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut file = tokio::fs::File::create(&path)
+                        .await
+                        .with_context(|| format!("cannot create {}", path.display()))?;
                     let n = keel_store::export_jsonl(store.as_ref(), &mut file).await?;
                     tokio::io::AsyncWriteExt::flush(&mut file).await?;
                     n
@@ -235,8 +242,10 @@ fn store_url(store: Option<String>, config_path: Option<PathBuf>) -> anyhow::Res
         return Ok(url);
     }
     if let Some(path) = config_path {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the config file", path.display()))?;
-        let file: config::ConfigFile = keel_policy::source::TomlSource::new(path.display().to_string(), &text).deserialize()?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: cannot read the config file", path.display()))?;
+        let file: config::ConfigFile =
+            keel_policy::source::TomlSource::new(path.display().to_string(), &text).deserialize()?;
         if let Some(url) = file.store {
             return Ok(url);
         }

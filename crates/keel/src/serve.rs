@@ -102,11 +102,15 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
 }
 
 fn policy_loaded(policy: &Policy, source: &str) -> AuditEntry {
-    AuditEntry::now("system", "policy.loaded", json!({
-        "policy": policy.reference().to_string(),
-        "source": source,
-        "sha256": policy.source_sha256(),
-    }))
+    AuditEntry::now(
+        "system",
+        "policy.loaded",
+        json!({
+            "policy": policy.reference().to_string(),
+            "source": source,
+            "sha256": policy.source_sha256(),
+        }),
+    )
 }
 
 /// Waits for Ctrl-C or SIGTERM; on SIGHUP reloads the policy (a bad file keeps the old one).
@@ -143,9 +147,7 @@ pub async fn reload(state: &AppState, path: Option<&std::path::Path>) {
         }
         Err(e) => {
             tracing::error!(error = %e, running = %state.policy().reference(), "policy reload refused; the running policy stays in force");
-            state
-                .audit(AuditEntry::now("system", "policy.reload_refused", json!({"error": e.to_string()})))
-                .await;
+            state.audit(AuditEntry::now("system", "policy.reload_refused", json!({"error": e.to_string()}))).await;
         }
     }
 }

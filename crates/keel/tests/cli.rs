@@ -49,7 +49,11 @@ fn policy_check_summarises_a_good_file_and_locates_errors() {
 fn config_errors_refuse_to_start_naming_the_line() {
     let home = tempfile::tempdir().unwrap();
     let config = home.path().join("keel.toml");
-    std::fs::write(&config, "listen = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:9/v1\"\ntimeout = 5\n").unwrap();
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:9/v1\"\ntimeout = 5\n",
+    )
+    .unwrap();
     let out = keel(&["serve", "--config", config.to_str().unwrap()], home.path());
     assert!(!out.status.success());
     assert!(stderr(&out).contains("keel.toml:6:1: unknown field `timeout`"), "{}", stderr(&out));
@@ -80,7 +84,9 @@ fn keys_new_prints_a_key_and_its_hash() {
 /// append-only triggers stop mistakes, not a determined editor, so they go first.
 async fn tamper(db: &Path, sql: &str) {
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-    for statement in ["DROP TRIGGER audit_log_no_update", "DROP TRIGGER audit_log_no_delete"].into_iter().chain(sql.split("; ")) {
+    for statement in
+        ["DROP TRIGGER audit_log_no_update", "DROP TRIGGER audit_log_no_delete"].into_iter().chain(sql.split("; "))
+    {
         sqlx::query(statement).execute(&mut conn).await.unwrap();
     }
     conn.close().await.unwrap();
@@ -94,7 +100,15 @@ async fn demo_decides_explains_and_leaves_a_verifiable_chain_that_detects_tamper
     let out = keel(&["demo", "--exit", "--listen", "127.0.0.1:0", "--store", &store], home.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    for expected in ["→ redact", "→ block", "→ escalate", "rule `block-injection` matched", "credit_card", "[PHONE]", "\"status\":\"ok\""] {
+    for expected in [
+        "→ redact",
+        "→ block",
+        "→ escalate",
+        "rule `block-injection` matched",
+        "credit_card",
+        "[PHONE]",
+        "\"status\":\"ok\"",
+    ] {
         assert!(text.contains(expected), "demo output lacks {expected:?}:\n{text}");
     }
     let verify = keel(&["audit", "verify", "--store", &store], home.path());
@@ -190,9 +204,10 @@ async fn sigterm_drains_every_acknowledged_interaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_valid_policy_and_keeps_the_running_one_on_errors() {
-    let upstream = keel_scripted_upstream::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), Script::echo(), Options::default())
-        .await
-        .unwrap();
+    let upstream =
+        keel_scripted_upstream::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), Script::echo(), Options::default())
+            .await
+            .unwrap();
     let home = tempfile::tempdir().unwrap();
     let policy = home.path().join("policy.toml");
     let original = std::fs::read_to_string(repo_file("policies/default.toml")).unwrap();
@@ -235,7 +250,8 @@ async fn sighup_reloads_a_valid_policy_and_keeps_the_running_one_on_errors() {
     };
     assert_eq!(policy_header().await, "default@1.0.0");
 
-    std::fs::write(&policy, original.replace("when = \"injection.score >= 0.8\"", "when = \"injection.scor >= 0.8\"")).unwrap();
+    std::fs::write(&policy, original.replace("when = \"injection.score >= 0.8\"", "when = \"injection.scor >= 0.8\""))
+        .unwrap();
     hup(child.id());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(policy_header().await, "default@1.0.0", "a bad file leaves the running policy in force");

@@ -51,27 +51,19 @@ impl KeywordMatcher {
         let mut edges = Vec::with_capacity(words.len());
         for (index, word) in words.iter().enumerate() {
             let normalized = normalize(word.trim());
-            let (Some(first), Some(last)) = (normalized.chars().next(), normalized.chars().last())
-            else {
+            let (Some(first), Some(last)) = (normalized.chars().next(), normalized.chars().last()) else {
                 return Err(KeywordError::EmptyWord { index });
             };
             // Only words that start or end with a Latin letter or digit can run into a
             // longer word ("bomb" in "bombastic"); CJK words have no such neighbours.
-            edges.push(Edges {
-                start: first.is_ascii_alphanumeric(),
-                end: last.is_ascii_alphanumeric(),
-            });
+            edges.push(Edges { start: first.is_ascii_alphanumeric(), end: last.is_ascii_alphanumeric() });
             patterns.push(normalized);
         }
         let automaton = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .build(&patterns)
             .map_err(|e| KeywordError::Build(e.to_string()))?;
-        Ok(KeywordMatcher {
-            automaton,
-            edges,
-            whole_word,
-        })
+        Ok(KeywordMatcher { automaton, edges, whole_word })
     }
 
     /// Number of words in the list.
@@ -123,16 +115,8 @@ impl KeywordMatcher {
         let Some(edges) = self.edges.get(word) else {
             return true;
         };
-        let before_ok = !edges.start
-            || !hay
-                .get(..start)
-                .and_then(|s| s.chars().next_back())
-                .is_some_and(is_word_char);
-        let after_ok = !edges.end
-            || !hay
-                .get(end..)
-                .and_then(|s| s.chars().next())
-                .is_some_and(is_word_char);
+        let before_ok = !edges.start || !hay.get(..start).and_then(|s| s.chars().next_back()).is_some_and(is_word_char);
+        let after_ok = !edges.end || !hay.get(end..).and_then(|s| s.chars().next()).is_some_and(is_word_char);
         before_ok && after_ok
     }
 }
@@ -165,24 +149,15 @@ mod tests {
 
     fn found(m: &KeywordMatcher, text: &str) -> Vec<(String, usize)> {
         let n = Normalized::new(text);
-        m.find(&n)
-            .into_iter()
-            .map(|(s, i)| (text[s.start..s.end].to_string(), i))
-            .collect()
+        m.find(&n).into_iter().map(|(s, i)| (text[s.start..s.end].to_string(), i)).collect()
     }
 
     #[test]
     fn errors_name_the_problem() {
-        assert_eq!(
-            KeywordMatcher::new(&[], false).err(),
-            Some(KeywordError::EmptyList)
-        );
+        assert_eq!(KeywordMatcher::new(&[], false).err(), Some(KeywordError::EmptyList));
         let err = KeywordMatcher::new(&words(&["ok", " "]), false).err();
         assert_eq!(err, Some(KeywordError::EmptyWord { index: 1 }));
-        assert_eq!(
-            KeywordError::EmptyWord { index: 1 }.to_string(),
-            "keyword #1 is empty"
-        );
+        assert_eq!(KeywordError::EmptyWord { index: 1 }.to_string(), "keyword #1 is empty");
     }
 
     #[test]

@@ -21,10 +21,5 @@ use keel_core::{Finding, Span};
 
 /// A finding of `kind` at `span`, without message index or detail.
 pub(crate) fn finding(kind: &str, span: Span) -> Finding {
-    Finding {
-        kind: kind.to_string(),
-        span,
-        message: None,
-        detail: None,
-    }
+    Finding { kind: kind.to_string(), span, message: None, detail: None }
 }

@@ -37,16 +37,8 @@ impl Normalized {
             return Normalized {
                 text: original.to_ascii_lowercase(),
                 segments: vec![
-                    Segment {
-                        norm: 0,
-                        orig: 0,
-                        aligned: true,
-                    },
-                    Segment {
-                        norm: original.len(),
-                        orig: original.len(),
-                        aligned: true,
-                    },
+                    Segment { norm: 0, orig: 0, aligned: true },
+                    Segment { norm: original.len(), orig: original.len(), aligned: true },
                 ],
             };
         }
@@ -124,11 +116,7 @@ impl Normalized {
             end += 1;
         }
         let orig_start = self.map_start(start);
-        let orig_end = if end == start {
-            orig_start
-        } else {
-            self.map_end(end)
-        };
+        let orig_end = if end == start { orig_start } else { self.map_end(end) };
         Span::new(orig_start, orig_end.max(orig_start))
     }
 
@@ -144,9 +132,7 @@ impl Normalized {
 
     /// Index of the segment that holds normalized byte `pos` (the sentinel for the end).
     fn segment_at(&self, pos: usize) -> usize {
-        self.segments
-            .partition_point(|s| s.norm <= pos)
-            .saturating_sub(1)
+        self.segments.partition_point(|s| s.norm <= pos).saturating_sub(1)
     }
 
     fn map_start(&self, pos: usize) -> usize {
@@ -165,9 +151,7 @@ impl Normalized {
         if seg.aligned {
             seg.orig + (pos - seg.norm)
         } else {
-            self.segments
-                .get(idx + 1)
-                .map_or(seg.orig, |next| next.orig)
+            self.segments.get(idx + 1).map_or(seg.orig, |next| next.orig)
         }
     }
 }
@@ -201,11 +185,7 @@ impl<'a> Builder<'a> {
         if aligned && self.segments.last().is_some_and(|s| s.aligned) {
             return;
         }
-        self.segments.push(Segment {
-            norm,
-            orig,
-            aligned,
-        });
+        self.segments.push(Segment { norm, orig, aligned });
     }
 
     fn flush_pending(&mut self, upto: usize) {
@@ -247,15 +227,8 @@ impl<'a> Builder<'a> {
 
     fn finish(mut self) -> Normalized {
         self.flush_pending(self.original.len());
-        self.segments.push(Segment {
-            norm: self.text.len(),
-            orig: self.original.len(),
-            aligned: true,
-        });
-        Normalized {
-            text: self.text,
-            segments: self.segments,
-        }
+        self.segments.push(Segment { norm: self.text.len(), orig: self.original.len(), aligned: true });
+        Normalized { text: self.text, segments: self.segments }
     }
 }
 
@@ -423,11 +396,7 @@ mod tests {
             let nfkc: String = s.nfkc().collect();
             assert_eq!(nfkc, s, "U+{cp:04X} changes under NFKC");
             assert!(lowercase_is_self(c), "U+{cp:04X} changes under lowercase");
-            assert_eq!(
-                canonical_combining_class(c),
-                0,
-                "U+{cp:04X} is not a starter"
-            );
+            assert_eq!(canonical_combining_class(c), 0, "U+{cp:04X} is not a starter");
         }
     }
 
@@ -446,13 +415,8 @@ mod tests {
 
     #[test]
     fn matches_plain_nfkc_lowercase_on_common_text() {
-        for s in [
-            "ＡＢＣ１２３",
-            "ｶﾞｲﾄﾞ",
-            "Ｔｏｋｙｏ　Ｔｏｗｅｒ",
-            "①②",
-            "ﾃｽﾄ　ＤＡＴＡ",
-        ] {
+        for s in ["ＡＢＣ１２３", "ｶﾞｲﾄﾞ", "Ｔｏｋｙｏ　Ｔｏｗｅｒ", "①②", "ﾃｽﾄ　ＤＡＴＡ"]
+        {
             let expected: String = s.nfkc().collect::<String>().to_lowercase();
             assert_eq!(normalize(s), expected, "{s}");
         }

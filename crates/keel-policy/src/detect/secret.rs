@@ -92,13 +92,7 @@ const KEYWORDS: &[(&str, Marker)] = &[
     ("api-key", KEYWORD),
     ("access_key", KEYWORD),
     ("private_key", KEYWORD),
-    (
-        "bearer",
-        Marker::Keyword {
-            bearer: true,
-            japanese: false,
-        },
-    ),
+    ("bearer", Marker::Keyword { bearer: true, japanese: false }),
     ("パスワード", JA_KEYWORD),
     ("ﾊﾟｽﾜｰﾄﾞ", JA_KEYWORD),
     ("暗証番号", JA_KEYWORD),
@@ -107,14 +101,8 @@ const KEYWORDS: &[(&str, Marker)] = &[
     ("APIキー", JA_KEYWORD),
 ];
 
-const KEYWORD: Marker = Marker::Keyword {
-    bearer: false,
-    japanese: false,
-};
-const JA_KEYWORD: Marker = Marker::Keyword {
-    bearer: false,
-    japanese: true,
-};
+const KEYWORD: Marker = Marker::Keyword { bearer: false, japanese: false };
+const JA_KEYWORD: Marker = Marker::Keyword { bearer: false, japanese: true };
 
 /// Shortest value a generic assignment must have to count as a secret.
 const MIN_GENERIC_LEN: usize = 12;
@@ -141,10 +129,7 @@ impl SecretDetector {
     /// Builds the marker automaton once; reuse the detector across texts.
     pub fn new() -> Self {
         let (literals, kinds) = marker_patterns();
-        SecretDetector {
-            markers: build_markers(&literals).ok(),
-            kinds,
-        }
+        SecretDetector { markers: build_markers(&literals).ok(), kinds }
     }
 
     /// Finds credentials in `text`, sorted by position and never overlapping.
@@ -177,20 +162,17 @@ impl SecretDetector {
             }
             let found = match marker {
                 Marker::Aws => aws(t, e).map(|end| (AWS_ACCESS_KEY, end)),
-                Marker::Github => exact_run(t, e, 36, u8::is_ascii_alphanumeric, is_token_byte)
-                    .map(|end| (GITHUB_TOKEN, end)),
-                Marker::GithubPat => {
-                    exact_run(t, e, 82, is_word_byte, is_token_byte).map(|end| (GITHUB_TOKEN, end))
+                Marker::Github => {
+                    exact_run(t, e, 36, u8::is_ascii_alphanumeric, is_token_byte).map(|end| (GITHUB_TOKEN, end))
                 }
+                Marker::GithubPat => exact_run(t, e, 82, is_word_byte, is_token_byte).map(|end| (GITHUB_TOKEN, end)),
                 Marker::OpenAi => keyish(t, e, 20).map(|end| (OPENAI_KEY, end)),
                 Marker::Anthropic => keyish(t, e, 20).map(|end| (ANTHROPIC_KEY, end)),
                 Marker::Slack => slack(t, e).map(|end| (SLACK_TOKEN, end)),
-                Marker::Google => exact_run(t, e, 35, is_token_byte, is_token_byte)
-                    .map(|end| (GOOGLE_API_KEY, end)),
+                Marker::Google => exact_run(t, e, 35, is_token_byte, is_token_byte).map(|end| (GOOGLE_API_KEY, end)),
                 Marker::Stripe => {
                     let end = run_end(t, e, u8::is_ascii_alphanumeric);
-                    (end - e >= 16 && !t.get(end).is_some_and(|&b| is_word_byte(&b)))
-                        .then_some((STRIPE_KEY, end))
+                    (end - e >= 16 && !t.get(end).is_some_and(|&b| is_word_byte(&b))).then_some((STRIPE_KEY, end))
                 }
                 Marker::Jwt => jwt(t, s).map(|end| (JWT, end)),
                 Marker::Pem => pem(text, s, e, &mut pem_end_cache).map(|end| (PRIVATE_KEY, end)),
@@ -245,9 +227,7 @@ fn marker_patterns() -> (Vec<String>, Vec<Marker>) {
 }
 
 fn build_markers(literals: &[String]) -> Result<AhoCorasick, aho_corasick::BuildError> {
-    AhoCorasick::builder()
-        .match_kind(MatchKind::LeftmostLongest)
-        .build(literals)
+    AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(literals)
 }
 
 fn is_token_byte(b: &u8) -> bool {
@@ -259,19 +239,11 @@ fn is_word_byte(b: &u8) -> bool {
 }
 
 fn run_end(t: &[u8], from: usize, ok: impl Fn(&u8) -> bool) -> usize {
-    t.get(from..).map_or(from, |rest| {
-        from + rest.iter().take_while(|b| ok(b)).count()
-    })
+    t.get(from..).map_or(from, |rest| from + rest.iter().take_while(|b| ok(b)).count())
 }
 
 /// Exactly `len` bytes accepted by `ok` after `from`, not followed by a `cont` byte.
-fn exact_run(
-    t: &[u8],
-    from: usize,
-    len: usize,
-    ok: impl Fn(&u8) -> bool,
-    cont: impl Fn(&u8) -> bool,
-) -> Option<usize> {
+fn exact_run(t: &[u8], from: usize, len: usize, ok: impl Fn(&u8) -> bool, cont: impl Fn(&u8) -> bool) -> Option<usize> {
     let body = t.get(from..from + len)?;
     let end = from + len;
     (body.iter().all(ok) && !t.get(end).is_some_and(cont)).then_some(end)
@@ -280,13 +252,7 @@ fn exact_run(
 /// `AKIA`/`ASIA` + 16 uppercase letters or digits, at least one a digit (which keeps words
 /// like `ASIAPACIFICREGIONS` out).
 fn aws(t: &[u8], from: usize) -> Option<usize> {
-    let end = exact_run(
-        t,
-        from,
-        16,
-        |b| b.is_ascii_uppercase() || b.is_ascii_digit(),
-        u8::is_ascii_alphanumeric,
-    )?;
+    let end = exact_run(t, from, 16, |b| b.is_ascii_uppercase() || b.is_ascii_digit(), u8::is_ascii_alphanumeric)?;
     t[from..end].iter().any(u8::is_ascii_digit).then_some(end)
 }
 
@@ -305,10 +271,7 @@ fn keyish(t: &[u8], from: usize, min: usize) -> Option<usize> {
 
 /// `xox` + one of `abprs` + `-` + a body of at least 10 chars with a digit.
 fn slack(t: &[u8], from: usize) -> Option<usize> {
-    if !matches!(
-        t.get(from..from + 2)?,
-        [b'a' | b'b' | b'p' | b'r' | b's', b'-']
-    ) {
+    if !matches!(t.get(from..from + 2)?, [b'a' | b'b' | b'p' | b'r' | b's', b'-']) {
         return None;
     }
     let from = from + 2;
@@ -341,9 +304,7 @@ fn pem(text: &str, s: usize, e: usize, end_cache: &mut Option<Option<usize>>) ->
     let rest = text.get(e..)?;
     let label_len = find_within(rest.as_bytes(), b"-----", 48)?;
     let label = &rest[..label_len];
-    if !label.ends_with("PRIVATE KEY")
-        || !label.bytes().all(|b| b.is_ascii_uppercase() || b == b' ')
-    {
+    if !label.ends_with("PRIVATE KEY") || !label.bytes().all(|b| b.is_ascii_uppercase() || b == b' ') {
         return None;
     }
     let header_end = e + label_len + 5;
@@ -370,9 +331,7 @@ fn pem(text: &str, s: usize, e: usize, end_cache: &mut Option<Option<usize>>) ->
 
 /// Position of `needle` starting within the first `limit` bytes of `hay`.
 fn find_within(hay: &[u8], needle: &[u8], limit: usize) -> Option<usize> {
-    hay.windows(needle.len())
-        .take(limit)
-        .position(|w| w == needle)
+    hay.windows(needle.len()).take(limit).position(|w| w == needle)
 }
 
 /// The value of an assignment to the keyword at `ks..ke`, when it looks like a secret.
@@ -411,9 +370,7 @@ fn generic_value(text: &str, ks: usize, ke: usize, bearer: bool, japanese: bool)
             (p + 1, p + 1 + close)
         }
         _ => {
-            let end = run_end(t, p, |&b| {
-                b.is_ascii_graphic() && !b"\"'`,;&<>)]}".contains(&b)
-            });
+            let end = run_end(t, p, |&b| b.is_ascii_graphic() && !b"\"'`,;&<>)]}".contains(&b));
             (p, end)
         }
     };
@@ -423,8 +380,7 @@ fn generic_value(text: &str, ks: usize, ke: usize, bearer: bool, japanese: bool)
         return None;
     }
     let chars = value.chars().count();
-    (chars >= MIN_GENERIC_LEN && entropy(value) >= MIN_GENERIC_ENTROPY)
-        .then_some(Span::new(start, end))
+    (chars >= MIN_GENERIC_LEN && entropy(value) >= MIN_GENERIC_ENTROPY).then_some(Span::new(start, end))
 }
 
 fn skip_blanks(t: &[u8], mut p: usize) -> usize {
@@ -499,14 +455,8 @@ mod tests {
 
     #[test]
     fn aws_keys() {
-        assert_eq!(
-            found("key AKIAIOSFODNN7EXAMPLE ok"),
-            one("aws_access_key", "AKIAIOSFODNN7EXAMPLE")
-        );
-        assert_eq!(
-            found("ASIA1234567890ABCDEF"),
-            one("aws_access_key", "ASIA1234567890ABCDEF")
-        );
+        assert_eq!(found("key AKIAIOSFODNN7EXAMPLE ok"), one("aws_access_key", "AKIAIOSFODNN7EXAMPLE"));
+        assert_eq!(found("ASIA1234567890ABCDEF"), one("aws_access_key", "ASIA1234567890ABCDEF"));
         assert!(found("AKIAIOSFODNN7EXAMPLEX").is_empty());
         assert!(found("xAKIAIOSFODNN7EXAMPLE").is_empty());
         assert!(found("akiaiosfodnn7example").is_empty());
@@ -527,14 +477,8 @@ mod tests {
     #[test]
     fn openai_and_anthropic_keys() {
         let oa = "sk-proj-Abc123Def456Ghi789Jkl012Mno345";
-        assert_eq!(
-            found(&format!("OPENAI_API_KEY {oa}")),
-            one("openai_key", oa)
-        );
-        assert_eq!(
-            found("sk-AbCdEfGhIjKlMnOp1234567890"),
-            one("openai_key", "sk-AbCdEfGhIjKlMnOp1234567890")
-        );
+        assert_eq!(found(&format!("OPENAI_API_KEY {oa}")), one("openai_key", oa));
+        assert_eq!(found("sk-AbCdEfGhIjKlMnOp1234567890"), one("openai_key", "sk-AbCdEfGhIjKlMnOp1234567890"));
         let an = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUv1234567890";
         assert_eq!(found(&format!("key={an}")), one("anthropic_key", an));
         assert!(found("sk-this-is-a-very-long-slug-without-digits").is_empty());
@@ -553,31 +497,21 @@ mod tests {
         assert!(found("AIzaShort").is_empty());
         let st = "sk_live_4eC39HqLyjWDarjtT1zdp7dc";
         assert_eq!(found(&format!("stripe {st}")), one("stripe_key", st));
-        assert_eq!(
-            found("rk_live_51H8abcdEFGH1234ijkl"),
-            one("stripe_key", "rk_live_51H8abcdEFGH1234ijkl")
-        );
+        assert_eq!(found("rk_live_51H8abcdEFGH1234ijkl"), one("stripe_key", "rk_live_51H8abcdEFGH1234ijkl"));
         assert!(found("sk_test_4eC39HqLyjWDarjtT1zdp7dc").is_empty());
     }
 
     #[test]
     fn jwts() {
-        assert_eq!(
-            found(&format!("Authorization: Bearer {JWT_SAMPLE}")),
-            one("jwt", JWT_SAMPLE)
-        );
+        assert_eq!(found(&format!("Authorization: Bearer {JWT_SAMPLE}")), one("jwt", JWT_SAMPLE));
         assert!(found("eyJhbGciOiJIUzI1NiJ9.notjson.sig").is_empty());
         assert!(found("eyJhbGciOiJIUzI1NiJ9").is_empty());
     }
 
     #[test]
     fn private_keys() {
-        let key =
-            "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY-----";
-        assert_eq!(
-            found(&format!("here:\n{key}\nthanks")),
-            one("private_key", key)
-        );
+        let key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY-----";
+        assert_eq!(found(&format!("here:\n{key}\nthanks")), one("private_key", key));
         assert_eq!(
             found("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk"),
             one("private_key", "-----BEGIN OPENSSH PRIVATE KEY-----")
@@ -588,34 +522,13 @@ mod tests {
 
     #[test]
     fn generic_assignments() {
-        assert_eq!(
-            found(r#"password = "Xk9#mP2$vL7qR4""#),
-            one("generic_secret", "Xk9#mP2$vL7qR4")
-        );
-        assert_eq!(
-            found("DB_PASSWORD=Xk9mP2vL7qR4tZ ok"),
-            one("generic_secret", "Xk9mP2vL7qR4tZ")
-        );
-        assert_eq!(
-            found(r#"{"api_key": "q8Zr3LmN5xTb7Kd1"}"#),
-            one("generic_secret", "q8Zr3LmN5xTb7Kd1")
-        );
-        assert_eq!(
-            found("token: a1B2c3D4e5F6g7H8"),
-            one("generic_secret", "a1B2c3D4e5F6g7H8")
-        );
-        assert_eq!(
-            found("パスワード：Xk9mP2vL7qR4tZです"),
-            one("generic_secret", "Xk9mP2vL7qR4tZ")
-        );
-        assert_eq!(
-            found("ﾊﾟｽﾜｰﾄﾞは Xk9mP2vL7qR4tZ"),
-            one("generic_secret", "Xk9mP2vL7qR4tZ")
-        );
-        assert_eq!(
-            found("Authorization: Bearer q8Zr3LmN5xTb7Kd1"),
-            one("generic_secret", "q8Zr3LmN5xTb7Kd1")
-        );
+        assert_eq!(found(r#"password = "Xk9#mP2$vL7qR4""#), one("generic_secret", "Xk9#mP2$vL7qR4"));
+        assert_eq!(found("DB_PASSWORD=Xk9mP2vL7qR4tZ ok"), one("generic_secret", "Xk9mP2vL7qR4tZ"));
+        assert_eq!(found(r#"{"api_key": "q8Zr3LmN5xTb7Kd1"}"#), one("generic_secret", "q8Zr3LmN5xTb7Kd1"));
+        assert_eq!(found("token: a1B2c3D4e5F6g7H8"), one("generic_secret", "a1B2c3D4e5F6g7H8"));
+        assert_eq!(found("パスワード：Xk9mP2vL7qR4tZです"), one("generic_secret", "Xk9mP2vL7qR4tZ"));
+        assert_eq!(found("ﾊﾟｽﾜｰﾄﾞは Xk9mP2vL7qR4tZ"), one("generic_secret", "Xk9mP2vL7qR4tZ"));
+        assert_eq!(found("Authorization: Bearer q8Zr3LmN5xTb7Kd1"), one("generic_secret", "q8Zr3LmN5xTb7Kd1"));
         // Low entropy, too short, references and non-assignments are not secrets.
         assert!(found(r#"password = "aaaaaaaaaaaaaaaa""#).is_empty());
         assert!(found("password = hunter2").is_empty());

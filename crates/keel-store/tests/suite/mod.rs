@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_core::{
-    Action, CheckResult, Decision, Evidence, Finding, Interaction, InteractionId, Outcome, Phase,
-    PolicyRef, Privacy, Span, Timings, Tokens, GENESIS_HASH,
+    Action, CheckResult, Decision, Evidence, Finding, Interaction, InteractionId, Outcome, Phase, PolicyRef, Privacy,
+    Span, Timings, Tokens, GENESIS_HASH,
 };
 use keel_store::{
-    export_jsonl, stored_text, AuditEntry, HandoffFilter, HandoffRequest, InteractionFilter,
-    InteractionSummary, Store, StoreError, VerifyReport, WriteBatch, Writer, WriterConfig,
+    export_jsonl, stored_text, AuditEntry, HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, Store,
+    StoreError, VerifyReport, WriteBatch, Writer, WriterConfig,
 };
 use time::macros::datetime;
 use time::OffsetDateTime;
@@ -101,16 +101,8 @@ macro_rules! store_test_suite {
 const T0: OffsetDateTime = datetime!(2025-06-01 12:00:00.123456789 UTC);
 
 /// A test interaction: `hits` are the checks that hit, plus one check that ran and did not.
-pub fn interaction(
-    app: &str,
-    created_at: OffsetDateTime,
-    decision: Action,
-    hits: &[&str],
-) -> Interaction {
-    let policy = PolicyRef {
-        name: "default".to_owned(),
-        version: "3".to_owned(),
-    };
+pub fn interaction(app: &str, created_at: OffsetDateTime, decision: Action, hits: &[&str]) -> Interaction {
+    let policy = PolicyRef { name: "default".to_owned(), version: "3".to_owned() };
     let mut checks: Vec<CheckResult> = hits
         .iter()
         .map(|name| CheckResult {
@@ -145,11 +137,7 @@ pub fn interaction(
         outcome: Outcome::Completed,
         http_status: 200,
         error: None,
-        timings: Timings {
-            upstream_ms: 12.5,
-            overhead_us: 340,
-            total_ms: 13.25,
-        },
+        timings: Timings { upstream_ms: 12.5, overhead_us: 340, total_ms: 13.25 },
         tokens: Tokens::default(),
         policy: policy.clone(),
         decision,
@@ -168,10 +156,7 @@ pub fn interaction(
 
 /// An interaction with every optional field set and unusual values everywhere.
 pub fn full_interaction() -> Interaction {
-    let policy = PolicyRef {
-        name: "support-bot".to_owned(),
-        version: "2025-06-01.2".to_owned(),
-    };
+    let policy = PolicyRef { name: "support-bot".to_owned(), version: "2025-06-01.2".to_owned() };
     Interaction {
         id: InteractionId::new(),
         created_at: datetime!(2025-06-01 23:59:59.999999999 UTC),
@@ -187,15 +172,8 @@ pub fn full_interaction() -> Interaction {
         outcome: Outcome::ClientGone,
         http_status: 499,
         error: Some("client closed the stream after 3 chunks".to_owned()),
-        timings: Timings {
-            upstream_ms: 1234.5,
-            overhead_us: u64::from(u32::MAX) + 7,
-            total_ms: 1240.125,
-        },
-        tokens: Tokens {
-            prompt: Some(17),
-            completion: Some(0),
-        },
+        timings: Timings { upstream_ms: 1234.5, overhead_us: u64::from(u32::MAX) + 7, total_ms: 1240.125 },
+        tokens: Tokens { prompt: Some(17), completion: Some(0) },
         policy: policy.clone(),
         decision: Action::Escalate,
         decisions: vec![
@@ -290,33 +268,15 @@ fn entry(action: &str, n: usize) -> AuditEntry {
 }
 
 async fn write(store: &Arc<dyn Store>, interactions: Vec<Interaction>) {
-    store
-        .write_batch(WriteBatch {
-            interactions,
-            ..WriteBatch::default()
-        })
-        .await
-        .unwrap();
+    store.write_batch(WriteBatch { interactions, ..WriteBatch::default() }).await.unwrap();
 }
 
 async fn write_audit(store: &Arc<dyn Store>, entries: Vec<AuditEntry>) {
-    store
-        .write_batch(WriteBatch {
-            audit: entries,
-            ..WriteBatch::default()
-        })
-        .await
-        .unwrap();
+    store.write_batch(WriteBatch { audit: entries, ..WriteBatch::default() }).await.unwrap();
 }
 
 async fn ids(store: &Arc<dyn Store>, filter: InteractionFilter) -> Vec<InteractionId> {
-    store
-        .list_interactions(&filter)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect()
+    store.list_interactions(&filter).await.unwrap().into_iter().map(|s| s.id).collect()
 }
 
 fn broken_at(report: &VerifyReport) -> Option<i64> {
@@ -336,15 +296,7 @@ async fn all_ids(store: &Arc<dyn Store>) -> Vec<InteractionId> {
     let mut out = Vec::new();
     let mut before = None;
     loop {
-        let page = ids(
-            store,
-            InteractionFilter {
-                limit: Some(500),
-                before,
-                ..InteractionFilter::default()
-            },
-        )
-        .await;
+        let page = ids(store, InteractionFilter { limit: Some(500), before, ..InteractionFilter::default() }).await;
         let Some(last) = page.last().copied() else {
             return out;
         };
@@ -362,40 +314,22 @@ pub async fn interaction_round_trips_with_every_field(store: Arc<dyn Store>) {
     let back = store.get_interaction(original.id).await.unwrap().unwrap();
     assert_eq!(back, original);
     assert_eq!(back.created_at.nanosecond(), 999_999_999);
-    assert_eq!(
-        back.request.text.as_deref(),
-        Some("my mail is [EMAIL], 日本語も")
-    );
+    assert_eq!(back.request.text.as_deref(), Some("my mail is [EMAIL], 日本語も"));
     assert_eq!(back.response.text, None);
-    assert_eq!(
-        back.response.sha256,
-        keel_store::audit::sha256_hex("secret answer")
-    );
+    assert_eq!(back.response.sha256, keel_store::audit::sha256_hex("secret answer"));
 }
 
 pub async fn missing_interaction_is_none(store: Arc<dyn Store>) {
     write(&store, vec![interaction("a", T0, Action::Allow, &[])]).await;
-    assert_eq!(
-        store.get_interaction(InteractionId::new()).await.unwrap(),
-        None
-    );
+    assert_eq!(store.get_interaction(InteractionId::new()).await.unwrap(), None);
 }
 
 pub async fn list_filters_by_time_range(store: Arc<dyn Store>) {
     let at = |s: i64| T0 + time::Duration::seconds(s);
-    let all: Vec<Interaction> = (0..5)
-        .map(|s| interaction("a", at(s), Action::Allow, &[]))
-        .collect();
+    let all: Vec<Interaction> = (0..5).map(|s| interaction("a", at(s), Action::Allow, &[])).collect();
     write(&store, all.clone()).await;
-    let got = ids(
-        &store,
-        InteractionFilter {
-            since: Some(at(1)),
-            until: Some(at(4)),
-            ..InteractionFilter::default()
-        },
-    )
-    .await;
+    let got =
+        ids(&store, InteractionFilter { since: Some(at(1)), until: Some(at(4)), ..InteractionFilter::default() }).await;
     // `since` is inclusive, `until` exclusive; newest first.
     assert_eq!(got, vec![all[3].id, all[2].id, all[1].id]);
 
@@ -412,14 +346,8 @@ pub async fn list_filters_by_time_range(store: Arc<dyn Store>) {
 
     // Instants in another offset mean the same time.
     let offset = time::UtcOffset::from_hms(9, 0, 0).unwrap();
-    let in_tokyo = ids(
-        &store,
-        InteractionFilter {
-            since: Some(at(3).to_offset(offset)),
-            ..InteractionFilter::default()
-        },
-    )
-    .await;
+    let in_tokyo =
+        ids(&store, InteractionFilter { since: Some(at(3).to_offset(offset)), ..InteractionFilter::default() }).await;
     assert_eq!(in_tokyo, vec![all[4].id, all[3].id]);
 }
 
@@ -429,56 +357,22 @@ pub async fn list_filters_by_app_action_and_check(store: Arc<dyn Store>) {
     let a_block = interaction("shop", at(1), Action::Block, &["secrets", "pii"]);
     let b_block = interaction("support", at(2), Action::Block, &["pii"]);
     let b_flag = interaction("support", at(3), Action::Flag, &["injection"]);
-    write(
-        &store,
-        vec![
-            a_allow.clone(),
-            a_block.clone(),
-            b_block.clone(),
-            b_flag.clone(),
-        ],
-    )
-    .await;
+    write(&store, vec![a_allow.clone(), a_block.clone(), b_block.clone(), b_flag.clone()]).await;
 
-    let by_app = ids(
-        &store,
-        InteractionFilter {
-            app: Some("shop".to_owned()),
-            ..InteractionFilter::default()
-        },
-    )
-    .await;
+    let by_app = ids(&store, InteractionFilter { app: Some("shop".to_owned()), ..InteractionFilter::default() }).await;
     assert_eq!(by_app, vec![a_block.id, a_allow.id]);
 
-    let by_action = ids(
-        &store,
-        InteractionFilter {
-            action: Some(Action::Block),
-            ..InteractionFilter::default()
-        },
-    )
-    .await;
+    let by_action =
+        ids(&store, InteractionFilter { action: Some(Action::Block), ..InteractionFilter::default() }).await;
     assert_eq!(by_action, vec![b_block.id, a_block.id]);
 
-    let by_check = ids(
-        &store,
-        InteractionFilter {
-            check: Some("pii".to_owned()),
-            ..InteractionFilter::default()
-        },
-    )
-    .await;
+    let by_check =
+        ids(&store, InteractionFilter { check: Some("pii".to_owned()), ..InteractionFilter::default() }).await;
     assert_eq!(by_check, vec![b_block.id, a_block.id]);
 
     // A check that ran but did not hit does not match.
-    let not_hit = ids(
-        &store,
-        InteractionFilter {
-            check: Some("quiet".to_owned()),
-            ..InteractionFilter::default()
-        },
-    )
-    .await;
+    let not_hit =
+        ids(&store, InteractionFilter { check: Some("quiet".to_owned()), ..InteractionFilter::default() }).await;
     assert!(not_hit.is_empty(), "{not_hit:?}");
 
     let combined = ids(
@@ -496,11 +390,7 @@ pub async fn list_filters_by_app_action_and_check(store: Arc<dyn Store>) {
 
     let nothing = ids(
         &store,
-        InteractionFilter {
-            app: Some("shop".to_owned()),
-            action: Some(Action::Flag),
-            ..InteractionFilter::default()
-        },
+        InteractionFilter { app: Some("shop".to_owned()), action: Some(Action::Flag), ..InteractionFilter::default() },
     )
     .await;
     assert!(nothing.is_empty());
@@ -508,9 +398,8 @@ pub async fn list_filters_by_app_action_and_check(store: Arc<dyn Store>) {
 
 pub async fn list_pages_newest_first_with_before_and_limit(store: Arc<dyn Store>) {
     // Seven interactions; the last three share one instant, so ties are broken by id.
-    let mut all: Vec<Interaction> = (0..4)
-        .map(|s| interaction("a", T0 + time::Duration::seconds(s), Action::Allow, &[]))
-        .collect();
+    let mut all: Vec<Interaction> =
+        (0..4).map(|s| interaction("a", T0 + time::Duration::seconds(s), Action::Allow, &[])).collect();
     let tie = T0 + time::Duration::seconds(10);
     all.extend((0..3).map(|_| interaction("a", tie, Action::Allow, &[])));
     // Store them out of order: the listing must not depend on insertion order.
@@ -526,15 +415,7 @@ pub async fn list_pages_newest_first_with_before_and_limit(store: Arc<dyn Store>
     let mut pages = Vec::new();
     let mut before = None;
     loop {
-        let page = ids(
-            &store,
-            InteractionFilter {
-                limit: Some(2),
-                before,
-                ..InteractionFilter::default()
-            },
-        )
-        .await;
+        let page = ids(&store, InteractionFilter { limit: Some(2), before, ..InteractionFilter::default() }).await;
         if page.is_empty() {
             break;
         }
@@ -560,27 +441,13 @@ pub async fn list_pages_newest_first_with_before_and_limit(store: Arc<dyn Store>
 }
 
 pub async fn list_limit_defaults_to_50_and_caps_at_500(store: Arc<dyn Store>) {
-    let many: Vec<Interaction> = (0..510)
-        .map(|i| {
-            interaction(
-                "a",
-                T0 + time::Duration::milliseconds(i),
-                Action::Allow,
-                &[],
-            )
-        })
-        .collect();
+    let many: Vec<Interaction> =
+        (0..510).map(|i| interaction("a", T0 + time::Duration::milliseconds(i), Action::Allow, &[])).collect();
     write(&store, many).await;
     assert_eq!(ids(&store, InteractionFilter::default()).await.len(), 50);
-    let capped = InteractionFilter {
-        limit: Some(10_000),
-        ..InteractionFilter::default()
-    };
+    let capped = InteractionFilter { limit: Some(10_000), ..InteractionFilter::default() };
     assert_eq!(ids(&store, capped).await.len(), 500);
-    let one = InteractionFilter {
-        limit: Some(0),
-        ..InteractionFilter::default()
-    };
+    let one = InteractionFilter { limit: Some(0), ..InteractionFilter::default() };
     assert_eq!(ids(&store, one).await.len(), 1);
 }
 
@@ -588,26 +455,17 @@ pub async fn list_with_unknown_cursor_is_an_error(store: Arc<dyn Store>) {
     write(&store, vec![interaction("a", T0, Action::Allow, &[])]).await;
     let unknown = InteractionId::new();
     let err = store
-        .list_interactions(&InteractionFilter {
-            before: Some(unknown),
-            ..InteractionFilter::default()
-        })
+        .list_interactions(&InteractionFilter { before: Some(unknown), ..InteractionFilter::default() })
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, StoreError::CursorNotFound(id) if id == unknown),
-        "{err:?}"
-    );
+    assert!(matches!(err, StoreError::CursorNotFound(id) if id == unknown), "{err:?}");
     assert!(err.to_string().contains(&unknown.to_string()));
 }
 
 pub async fn summaries_carry_the_checks_that_hit(store: Arc<dyn Store>) {
     let full = full_interaction();
     write(&store, vec![full.clone()]).await;
-    let listed = store
-        .list_interactions(&InteractionFilter::default())
-        .await
-        .unwrap();
+    let listed = store.list_interactions(&InteractionFilter::default()).await.unwrap();
     assert_eq!(listed, vec![InteractionSummary::of(&full)]);
     // `pii` hit in both phases but is named once; `judge` did not hit.
     assert_eq!(listed[0].checks_hit, vec!["pii", "sentiment"]);
@@ -633,14 +491,8 @@ pub async fn every_interaction_gets_a_decision_record(store: Arc<dyn Store>) {
     assert_eq!(records[0].prev_hash, GENESIS_HASH);
     assert_eq!(records[1].prev_hash, records[0].hash);
     assert_eq!(records[2].prev_hash, records[1].hash);
-    assert_eq!(
-        (records[0].actor.as_str(), records[0].action.as_str()),
-        ("gateway", "decision")
-    );
-    assert_eq!(
-        (records[2].actor.as_str(), records[2].action.as_str()),
-        ("cli", "policy.loaded")
-    );
+    assert_eq!((records[0].actor.as_str(), records[0].action.as_str()), ("gateway", "decision"));
+    assert_eq!((records[2].actor.as_str(), records[2].action.as_str()), ("cli", "policy.loaded"));
     assert_eq!(records[2].at, entry("policy.loaded", 1).at);
 
     let payload: serde_json::Value = serde_json::from_str(&records[0].payload).unwrap();
@@ -653,10 +505,7 @@ pub async fn every_interaction_gets_a_decision_record(store: Arc<dyn Store>) {
     assert_eq!(payload["rules"][1]["phase"], "output");
     assert_eq!(payload["request_sha256"], first.request.sha256);
     assert_eq!(payload["response_sha256"], first.response.sha256);
-    assert!(
-        !records[0].payload.contains("a@b.example"),
-        "texts stay out of the audit log"
-    );
+    assert!(!records[0].payload.contains("a@b.example"), "texts stay out of the audit log");
     let payload: serde_json::Value = serde_json::from_str(&records[1].payload).unwrap();
     assert_eq!(payload["interaction_id"], second.id.to_string());
 
@@ -664,45 +513,29 @@ pub async fn every_interaction_gets_a_decision_record(store: Arc<dyn Store>) {
     assert_eq!(store.audit_records(1, 3, 10).await.unwrap(), records);
     assert_eq!(store.audit_records(2, 2, 10).await.unwrap(), records[1..2]);
     assert_eq!(store.audit_records(1, 3, 2).await.unwrap(), records[..2]);
-    assert_eq!(
-        store.last_audit_record().await.unwrap().as_ref(),
-        records.last()
-    );
+    assert_eq!(store.last_audit_record().await.unwrap().as_ref(), records.last());
 }
 
 pub async fn audit_seq_has_no_gaps_across_batches(store: Arc<dyn Store>) {
     let mut returned = Vec::new();
     for round in 0..5 {
         let batch = WriteBatch {
-            interactions: (0..round)
-                .map(|_| interaction("a", T0, Action::Allow, &[]))
-                .collect(),
+            interactions: (0..round).map(|_| interaction("a", T0, Action::Allow, &[])).collect(),
             handoffs: vec![],
             audit: (0..2).map(|n| entry("test.entry", n)).collect(),
         };
         returned.extend(store.write_batch(batch).await.unwrap());
     }
     // An empty batch appends nothing.
-    assert!(store
-        .write_batch(WriteBatch::default())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(store.write_batch(WriteBatch::default()).await.unwrap().is_empty());
 
     let n = (1 + 2 + 3 + 4) + 5 * 2; // interactions of rounds 1..4, two entries per round
     let stored = store.audit_records(i64::MIN, i64::MAX, 1000).await.unwrap();
     assert_eq!(stored, returned);
-    assert_eq!(
-        stored.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        (1..=n).collect::<Vec<i64>>()
-    );
+    assert_eq!(stored.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=n).collect::<Vec<i64>>());
     assert_eq!(
         store.verify().await.unwrap(),
-        VerifyReport::Ok {
-            count: n as u64,
-            last_seq: n,
-            last_hash: stored[stored.len() - 1].hash.clone(),
-        }
+        VerifyReport::Ok { count: n as u64, last_seq: n, last_hash: stored[stored.len() - 1].hash.clone() }
     );
 }
 
@@ -718,15 +551,9 @@ pub async fn failed_batch_writes_nothing(store: Arc<dyn Store>) {
         })
         .await
         .unwrap_err();
-    assert!(
-        !err.is_retryable(),
-        "a duplicate id is the data's fault: {err:?}"
-    );
+    assert!(!err.is_retryable(), "a duplicate id is the data's fault: {err:?}");
     assert_eq!(store.get_interaction(fresh.id).await.unwrap(), None);
-    assert_eq!(
-        store.last_audit_record().await.unwrap().map(|r| r.seq),
-        Some(1)
-    );
+    assert_eq!(store.last_audit_record().await.unwrap().map(|r| r.seq), Some(1));
     assert!(store.verify().await.unwrap().is_ok());
 }
 
@@ -750,10 +577,7 @@ pub async fn handoffs_are_listed_newest_first(store: Arc<dyn Store>) {
         .await
         .unwrap();
 
-    let all = store
-        .list_handoffs(&HandoffFilter::default())
-        .await
-        .unwrap();
+    let all = store.list_handoffs(&HandoffFilter::default()).await.unwrap();
     assert_eq!(all, vec![hc.clone(), hb.clone(), ha.clone()]);
     let support = store
         .list_handoffs(&HandoffFilter {
@@ -764,13 +588,7 @@ pub async fn handoffs_are_listed_newest_first(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(support, vec![hc]);
-    let one = store
-        .list_handoffs(&HandoffFilter {
-            limit: Some(1),
-            ..HandoffFilter::default()
-        })
-        .await
-        .unwrap();
+    let one = store.list_handoffs(&HandoffFilter { limit: Some(1), ..HandoffFilter::default() }).await.unwrap();
     assert_eq!(one.len(), 1);
 }
 
@@ -778,11 +596,7 @@ pub async fn empty_store_verifies_at_genesis(store: Arc<dyn Store>) {
     assert_eq!(store.last_audit_record().await.unwrap(), None);
     assert_eq!(
         store.verify().await.unwrap(),
-        VerifyReport::Ok {
-            count: 0,
-            last_seq: 0,
-            last_hash: GENESIS_HASH.to_owned()
-        }
+        VerifyReport::Ok { count: 0, last_seq: 0, last_hash: GENESIS_HASH.to_owned() }
     );
 }
 
@@ -793,10 +607,7 @@ pub async fn export_writes_one_record_per_line(store: Arc<dyn Store>) {
     let n = export_jsonl(store.as_ref(), &mut out).await.unwrap();
     assert_eq!(n, 4);
     let text = String::from_utf8(out).unwrap();
-    let parsed: Vec<keel_core::AuditRecord> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let parsed: Vec<keel_core::AuditRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(parsed.len(), 4);
     assert!(text.ends_with('\n'));
     assert_eq!(parsed, store.audit_records(1, 4, 10).await.unwrap());
@@ -810,9 +621,8 @@ pub async fn writer_stores_2000_interactions_sent_concurrently(store: Arc<dyn St
     let mut senders = Vec::new();
     let mut sent = Vec::new();
     for task in 0..8 {
-        let batch: Vec<Interaction> = (0..250)
-            .map(|_| interaction(&format!("app{task}"), T0, Action::Allow, &[]))
-            .collect();
+        let batch: Vec<Interaction> =
+            (0..250).map(|_| interaction(&format!("app{task}"), T0, Action::Allow, &[])).collect();
         sent.extend(batch.iter().map(|i| i.id));
         let handle = handle.clone();
         senders.push(tokio::spawn(async move {
@@ -831,10 +641,7 @@ pub async fn writer_stores_2000_interactions_sent_concurrently(store: Arc<dyn St
     for s in senders {
         s.await.unwrap();
     }
-    let summary = tokio::time::timeout(Duration::from_secs(60), join)
-        .await
-        .unwrap()
-        .unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(60), join).await.unwrap().unwrap();
     assert_eq!(summary.written, 2000);
     assert_eq!(summary.rejected, 0);
 
@@ -843,14 +650,7 @@ pub async fn writer_stores_2000_interactions_sent_concurrently(store: Arc<dyn St
     sent.sort();
     assert_eq!(stored, sent);
     assert_eq!(
-        store
-            .list_handoffs(&HandoffFilter {
-                limit: Some(500),
-                ..HandoffFilter::default()
-            })
-            .await
-            .unwrap()
-            .len(),
+        store.list_handoffs(&HandoffFilter { limit: Some(500), ..HandoffFilter::default() }).await.unwrap().len(),
         8 * 5
     );
     match store.verify().await.unwrap() {
@@ -861,24 +661,15 @@ pub async fn writer_stores_2000_interactions_sent_concurrently(store: Arc<dyn St
 
 pub async fn writer_flush_waits_for_everything_sent_before_it(store: Arc<dyn Store>) {
     // A delay far longer than the test: only flush can cause the write.
-    let config = WriterConfig {
-        max_batch: 10_000,
-        max_delay: Duration::from_secs(3600),
-        capacity: 64,
-    };
+    let config = WriterConfig { max_batch: 10_000, max_delay: Duration::from_secs(3600), capacity: 64 };
     let (handle, join) = Writer::spawn(Arc::clone(&store), config);
-    let sent: Vec<Interaction> = (0..10)
-        .map(|_| interaction("a", T0, Action::Allow, &[]))
-        .collect();
+    let sent: Vec<Interaction> = (0..10).map(|_| interaction("a", T0, Action::Allow, &[])).collect();
     for i in &sent {
         handle.record_interaction(i.clone(), None).await.unwrap();
     }
     handle.record_audit(entry("test.entry", 1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        store.last_audit_record().await.unwrap().is_none(),
-        "nothing is written before the delay or a flush"
-    );
+    assert!(store.last_audit_record().await.unwrap().is_none(), "nothing is written before the delay or a flush");
     assert_eq!(handle.queue_depth(), 11);
 
     handle.flush().await.unwrap();
@@ -887,43 +678,23 @@ pub async fn writer_flush_waits_for_everything_sent_before_it(store: Arc<dyn Sto
     for i in &sent {
         assert!(store.get_interaction(i.id).await.unwrap().is_some());
     }
-    assert_eq!(
-        store.last_audit_record().await.unwrap().map(|r| r.seq),
-        Some(11)
-    );
+    assert_eq!(store.last_audit_record().await.unwrap().map(|r| r.seq), Some(11));
     // A flush with nothing pending returns at once.
-    tokio::time::timeout(Duration::from_secs(5), handle.flush())
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), handle.flush()).await.unwrap().unwrap();
     drop(handle);
     join.await.unwrap();
 }
 
 pub async fn writer_close_writes_what_was_accepted_and_refuses_more(store: Arc<dyn Store>) {
-    let config = WriterConfig {
-        max_delay: Duration::from_secs(3600),
-        ..WriterConfig::default()
-    };
+    let config = WriterConfig { max_delay: Duration::from_secs(3600), ..WriterConfig::default() };
     let (handle, join) = Writer::spawn(Arc::clone(&store), config);
     let kept = handle.clone(); // a handle still alive: close() must end the task anyway
     let accepted = interaction("a", T0, Action::Allow, &[]);
-    handle
-        .record_interaction(accepted.clone(), None)
-        .await
-        .unwrap();
+    handle.record_interaction(accepted.clone(), None).await.unwrap();
     handle.close().await;
-    let refused = kept
-        .record_interaction(interaction("a", T0, Action::Allow, &[]), None)
-        .await;
-    assert!(
-        matches!(refused, Err(StoreError::WriterClosed)),
-        "{refused:?}"
-    );
-    let summary = tokio::time::timeout(Duration::from_secs(10), join)
-        .await
-        .unwrap()
-        .unwrap();
+    let refused = kept.record_interaction(interaction("a", T0, Action::Allow, &[]), None).await;
+    assert!(matches!(refused, Err(StoreError::WriterClosed)), "{refused:?}");
+    let summary = tokio::time::timeout(Duration::from_secs(10), join).await.unwrap().unwrap();
     assert_eq!(summary.written, 1);
     assert!(store.get_interaction(accepted.id).await.unwrap().is_some());
     assert!(matches!(kept.flush().await, Err(StoreError::WriterClosed)));
@@ -933,31 +704,16 @@ pub async fn writer_keeps_audit_order(store: Arc<dyn Store>) {
     let (handle, join) = Writer::spawn(Arc::clone(&store), WriterConfig::default());
     let first = interaction("a", T0, Action::Allow, &[]);
     let second = interaction("a", T0, Action::Block, &["x"]);
-    handle
-        .record_interaction(first.clone(), None)
-        .await
-        .unwrap();
-    handle
-        .record_audit(entry("policy.loaded", 1))
-        .await
-        .unwrap();
-    handle
-        .record_interaction(second.clone(), None)
-        .await
-        .unwrap();
-    handle
-        .record_audit(entry("config.loaded", 2))
-        .await
-        .unwrap();
+    handle.record_interaction(first.clone(), None).await.unwrap();
+    handle.record_audit(entry("policy.loaded", 1)).await.unwrap();
+    handle.record_interaction(second.clone(), None).await.unwrap();
+    handle.record_audit(entry("config.loaded", 2)).await.unwrap();
     drop(handle);
     join.await.unwrap();
 
     let records = store.audit_records(1, 10, 10).await.unwrap();
     let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
-    assert_eq!(
-        actions,
-        vec!["decision", "policy.loaded", "decision", "config.loaded"]
-    );
+    assert_eq!(actions, vec!["decision", "policy.loaded", "decision", "config.loaded"]);
     assert!(records[0].payload.contains(&first.id.to_string()));
     assert!(records[2].payload.contains(&second.id.to_string()));
 }
@@ -980,18 +736,12 @@ pub async fn audit_chain_continues_after_reopening(h: &dyn Harness) {
         })
         .await
         .unwrap();
-    assert_eq!(
-        records.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        vec![4, 5]
-    );
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5]);
     drop(store);
 
     let store = h.open().await;
     let all = store.audit_records(i64::MIN, i64::MAX, 100).await.unwrap();
-    assert_eq!(
-        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5]
-    );
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
     assert_eq!(all[3].prev_hash, all[2].hash);
     assert!(store.verify().await.unwrap().is_ok());
 }
@@ -1006,25 +756,17 @@ pub async fn migrations_are_idempotent_on_reopen(h: &dyn Harness) {
 
     for _ in 0..3 {
         let store = h.open().await;
-        assert_eq!(
-            store.get_interaction(first.id).await.unwrap(),
-            Some(first.clone())
-        );
+        assert_eq!(store.get_interaction(first.id).await.unwrap(), Some(first.clone()));
         drop(store);
     }
-    assert_eq!(
-        h.scalar("SELECT COUNT(*) FROM _sqlx_migrations").await,
-        applied
-    );
+    assert_eq!(h.scalar("SELECT COUNT(*) FROM _sqlx_migrations").await, applied);
     assert_eq!(h.scalar("SELECT COUNT(*) FROM interactions").await, 1);
 }
 
 pub async fn audit_log_refuses_updates_and_deletes(h: &dyn Harness) {
     let store = h.open().await;
     chain_of(&store, 3).await;
-    let update = h
-        .execute("UPDATE audit_log SET payload = '{}' WHERE seq = 2")
-        .await;
+    let update = h.execute("UPDATE audit_log SET payload = '{}' WHERE seq = 2").await;
     assert!(update.is_err(), "the audit log must be append-only");
     let delete = h.execute("DELETE FROM audit_log WHERE seq = 2").await;
     assert!(delete.is_err(), "the audit log must be append-only");
@@ -1037,8 +779,7 @@ pub async fn tampered_payload_breaks_at_that_seq(h: &dyn Harness) {
     chain_of(&store, 4).await;
     assert!(store.verify().await.unwrap().is_ok());
 
-    h.tamper("UPDATE audit_log SET payload = '{\"n\":99}' WHERE seq = 3")
-        .await;
+    h.tamper("UPDATE audit_log SET payload = '{\"n\":99}' WHERE seq = 3").await;
     let report = store.verify().await.unwrap();
     assert_eq!(broken_at(&report), Some(3), "{report:?}");
 }
@@ -1050,9 +791,7 @@ pub async fn deleted_record_breaks_at_the_missing_seq(h: &dyn Harness) {
     let report = store.verify().await.unwrap();
     // The report names the missing record, not the one after the gap.
     assert_eq!(broken_at(&report), Some(3), "{report:?}");
-    let VerifyReport::Broken { reason, .. } = report else {
-        unreachable!()
-    };
+    let VerifyReport::Broken { reason, .. } = report else { unreachable!() };
     assert!(reason.contains("missing"), "{reason}");
 }
 
@@ -1073,14 +812,12 @@ pub async fn swapped_records_break_at_the_first_of_them(h: &dyn Harness) {
 pub async fn unreadable_record_breaks_at_that_seq(h: &dyn Harness) {
     let store = h.open().await;
     chain_of(&store, 5).await;
-    h.tamper("UPDATE audit_log SET at = 'yesterday' WHERE seq = 4")
-        .await;
+    h.tamper("UPDATE audit_log SET at = 'yesterday' WHERE seq = 4").await;
     let report = store.verify().await.unwrap();
     assert_eq!(broken_at(&report), Some(4), "{report:?}");
 
     // An earlier break still wins over an unreadable record.
-    h.tamper("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2")
-        .await;
+    h.tamper("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2").await;
     let report = store.verify().await.unwrap();
     assert_eq!(broken_at(&report), Some(2), "{report:?}");
 }
@@ -1090,23 +827,17 @@ pub async fn verify_reads_long_chains_in_pages(h: &dyn Harness) {
     let n = keel_store::audit::AUDIT_PAGE as usize * 2 + 345;
     chain_of(&store, n).await;
     match store.verify().await.unwrap() {
-        VerifyReport::Ok {
-            count, last_seq, ..
-        } => {
+        VerifyReport::Ok { count, last_seq, .. } => {
             assert_eq!(count, n as u64);
             assert_eq!(last_seq, n as i64);
         }
         broken => panic!("{broken:?}"),
     }
     let target = keel_store::audit::AUDIT_PAGE as i64 * 2 + 100;
-    h.tamper(&format!(
-        "UPDATE audit_log SET action = 'policy.deleted' WHERE seq = {target}"
-    ))
-    .await;
+    h.tamper(&format!("UPDATE audit_log SET action = 'policy.deleted' WHERE seq = {target}")).await;
     assert_eq!(broken_at(&store.verify().await.unwrap()), Some(target));
     // A gap exactly at a page boundary is found too.
     let boundary = keel_store::audit::AUDIT_PAGE as i64;
-    h.tamper(&format!("DELETE FROM audit_log WHERE seq = {boundary}"))
-        .await;
+    h.tamper(&format!("DELETE FROM audit_log WHERE seq = {boundary}")).await;
     assert_eq!(broken_at(&store.verify().await.unwrap()), Some(boundary));
 }

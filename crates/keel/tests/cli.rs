@@ -236,17 +236,14 @@ async fn sighup_reloads_a_valid_policy_and_keeps_the_running_one_on_errors() {
         }
     };
     let hup = |pid: u32| Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
-    let wait_for = |want: &'static str| {
-        let policy_header = policy_header.clone();
-        async move {
-            for _ in 0..100 {
-                if policy_header().await == want {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let wait_for = |want: &'static str| async move {
+        for _ in 0..100 {
+            if policy_header().await == want {
+                return true;
             }
-            false
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        false
     };
     assert_eq!(policy_header().await, "default@1.0.0");
 

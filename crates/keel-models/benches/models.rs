@@ -47,13 +47,9 @@ fn embedding(c: &mut Criterion) {
     let mut g = c.benchmark_group("embed");
     g.sample_size(20);
     g.throughput(Throughput::Elements(1));
-    g.bench_function("single_sentence", |b| {
-        b.iter(|| embedder.embed(&[SENTENCES[2]]).unwrap())
-    });
+    g.bench_function("single_sentence", |b| b.iter(|| embedder.embed(&[SENTENCES[2]]).unwrap()));
     g.throughput(Throughput::Elements(batch.len() as u64));
-    g.bench_function(BenchmarkId::new("batch", batch.len()), |b| {
-        b.iter(|| embedder.embed(&batch).unwrap())
-    });
+    g.bench_function(BenchmarkId::new("batch", batch.len()), |b| b.iter(|| embedder.embed(&batch).unwrap()));
     g.finish();
 }
 
@@ -90,10 +86,7 @@ fn local_llm(c: &mut Criterion) {
     let prompt = long_prompt();
     let prompt_tokens = llm.prompt_tokens(&prompt).unwrap().len();
     eprintln!("llm/prompt: {prompt_tokens} prompt tokens");
-    let read_only = GenerateParams {
-        max_tokens: 0,
-        ..GenerateParams::default()
-    };
+    let read_only = GenerateParams { max_tokens: 0, ..GenerateParams::default() };
     g.throughput(Throughput::Elements(prompt_tokens as u64));
     g.bench_function(BenchmarkId::new("prompt_tokens", prompt_tokens), |b| {
         b.iter(|| llm.generate(&prompt, &read_only, &mut |_| true).unwrap())
@@ -102,14 +95,8 @@ fn local_llm(c: &mut Criterion) {
     // Generation alone: timed from the first streamed piece (prompt read, first token out) to
     // the end, i.e. 63 decode steps, scaled to 64 so the figure is per generated token.
     const TOKENS: usize = 64;
-    let story = vec![ChatMessage::new(
-        "user",
-        "Write a long, detailed story about a lighthouse keeper and a storm.",
-    )];
-    let greedy = GenerateParams {
-        max_tokens: TOKENS,
-        ..GenerateParams::default()
-    };
+    let story = vec![ChatMessage::new("user", "Write a long, detailed story about a lighthouse keeper and a storm.")];
+    let greedy = GenerateParams { max_tokens: TOKENS, ..GenerateParams::default() };
     g.throughput(Throughput::Elements(TOKENS as u64));
     g.bench_function(BenchmarkId::new("generated_tokens_greedy", TOKENS), |b| {
         b.iter_custom(|iters| {

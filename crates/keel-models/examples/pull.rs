@@ -42,7 +42,14 @@ fn main() -> ExitCode {
     match list(&home) {
         Ok(models) => {
             for m in models {
-                eprintln!("{} {} {:.1} MB [{}] {}", m.name, m.version, m.total_bytes as f64 / 1e6, m.licence, m.dir.display());
+                eprintln!(
+                    "{} {} {:.1} MB [{}] {}",
+                    m.name,
+                    m.version,
+                    m.total_bytes as f64 / 1e6,
+                    m.licence,
+                    m.dir.display()
+                );
             }
             ExitCode::SUCCESS
         }

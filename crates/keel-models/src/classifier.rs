@@ -46,34 +46,26 @@ struct Dense {
 }
 
 impl Dense {
-    fn from_rows(name: &str, rows: Vec<Vec<f32>>, bias: Vec<f32>, inputs: usize, activation: Activation) -> Result<Self> {
-        let invalid = |detail: String| ModelError::InvalidModel {
-            path: "jailguard/neural_binary_200k.json".into(),
-            detail,
-        };
+    fn from_rows(
+        name: &str,
+        rows: Vec<Vec<f32>>,
+        bias: Vec<f32>,
+        inputs: usize,
+        activation: Activation,
+    ) -> Result<Self> {
+        let invalid =
+            |detail: String| ModelError::InvalidModel { path: "jailguard/neural_binary_200k.json".into(), detail };
         if rows.len() != bias.len() {
-            return Err(invalid(format!(
-                "layer {name} has {} rows but {} biases",
-                rows.len(),
-                bias.len()
-            )));
+            return Err(invalid(format!("layer {name} has {} rows but {} biases", rows.len(), bias.len())));
         }
         let mut weights = Vec::with_capacity(rows.len() * inputs);
         for (i, row) in rows.into_iter().enumerate() {
             if row.len() != inputs {
-                return Err(invalid(format!(
-                    "layer {name} row {i} has {} weights, expected {inputs}",
-                    row.len()
-                )));
+                return Err(invalid(format!("layer {name} row {i} has {} weights, expected {inputs}", row.len())));
             }
             weights.extend(row);
         }
-        Ok(Self {
-            weights,
-            bias,
-            inputs,
-            activation,
-        })
+        Ok(Self { weights, bias, inputs, activation })
     }
 
     fn outputs(&self) -> usize {
@@ -126,9 +118,7 @@ impl InjectionClassifier {
                 detail: format!("output layer has {} units, expected 1", out.outputs()),
             });
         }
-        Ok(Self {
-            layers: vec![h1, h2, out],
-        })
+        Ok(Self { layers: vec![h1, h2, out] })
     }
 
     /// Probability in `[0, 1]` that the text behind `embedding` is a prompt injection.

@@ -35,9 +35,7 @@ pub struct MiniLmEmbedder {
 
 impl std::fmt::Debug for MiniLmEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MiniLmEmbedder")
-            .field("dimension", &self.dimension)
-            .finish_non_exhaustive()
+        f.debug_struct("MiniLmEmbedder").field("dimension", &self.dimension).finish_non_exhaustive()
     }
 }
 
@@ -56,65 +54,48 @@ impl MiniLmEmbedder {
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(ModelError::MissingFile {
-                    path: p,
-                    hint: hint(name),
-                })
+                Err(ModelError::MissingFile { path: p, hint: hint(name) })
             }
         };
         let config_path = path_of("config.json")?;
         let weights_path = path_of("model.safetensors")?;
         let tokenizer_path = path_of("tokenizer.json")?;
 
-        let config_text =
-            std::fs::read(&config_path).map_err(ModelError::io("read", &config_path))?;
-        let config: Config =
-            serde_json::from_slice(&config_text).map_err(|e| ModelError::InvalidModel {
-                path: config_path.clone(),
-                detail: format!("not a BERT config: {e}"),
-            })?;
+        let config_text = std::fs::read(&config_path).map_err(ModelError::io("read", &config_path))?;
+        let config: Config = serde_json::from_slice(&config_text).map_err(|e| ModelError::InvalidModel {
+            path: config_path.clone(),
+            detail: format!("not a BERT config: {e}"),
+        })?;
 
         let device = Device::Cpu;
         // Read into memory rather than mmap: memory-mapping is `unsafe`, which this workspace forbids.
         let weights = std::fs::read(&weights_path).map_err(ModelError::io("read", &weights_path))?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device).map_err(|e| {
-            ModelError::InvalidModel {
-                path: weights_path.clone(),
-                detail: e.to_string(),
-            }
-        })?;
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
+            .map_err(|e| ModelError::InvalidModel { path: weights_path.clone(), detail: e.to_string() })?;
         let model = BertModel::load(vb, &config).map_err(|e| ModelError::InvalidModel {
             path: weights_path.clone(),
             detail: format!("weights do not fit the BERT config: {e}"),
         })?;
 
-        let mut tokenizer =
-            Tokenizer::from_file(&tokenizer_path).map_err(|e| ModelError::InvalidModel {
-                path: tokenizer_path.clone(),
-                detail: e.to_string(),
-            })?;
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| ModelError::InvalidModel { path: tokenizer_path.clone(), detail: e.to_string() })?;
         // The shipped tokenizer pads everything to 128 and truncates at 128; batches are padded
         // here instead (to the longest in the batch) and truncation follows the model.
         tokenizer.with_padding(None);
         let max_tokens = MINILM_MAX_TOKENS.min(config.max_position_embeddings);
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_tokens,
-                ..TruncationParams::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length: max_tokens, ..TruncationParams::default() }))
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        let pad_id = tokenizer
-            .token_to_id("[PAD]")
-            .unwrap_or(config.pad_token_id as u32);
+        let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(config.pad_token_id as u32);
 
         tracing::debug!(dir = %dir.display(), dimension = config.hidden_size, max_tokens, "embedding model loaded");
-        Ok(Self {
-            model,
-            tokenizer,
-            dimension: config.hidden_size,
-            pad_id,
-            device,
-        })
+        Ok(Self { model, tokenizer, dimension: config.hidden_size, pad_id, device })
+    }
+
+    /// Embed the encodings at `indices` as one padded batch.
+    fn embed_indices(&self, encodings: &[tokenizers::Encoding], indices: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let batch: Vec<&tokenizers::Encoding> = indices.iter().map(|&i| &encodings[i]).collect();
+        self.embed_batch(&batch)
     }
 
     /// Embed token sequences that share one padded batch.
@@ -154,17 +135,15 @@ impl Embedder for MiniLmEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let encodings =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());
 
+        // candle spreads each batch's matrix products over the cores itself.
         let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(BATCH_SIZE) {
-            let batch: Vec<&tokenizers::Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
-            for (&i, v) in chunk.iter().zip(self.embed_batch(&batch)?) {
+        for batch in order.chunks(BATCH_SIZE) {
+            for (&i, v) in batch.iter().zip(self.embed_indices(&encodings, batch)?) {
                 out[i] = v;
             }
         }

@@ -119,11 +119,7 @@ impl ModelError {
     /// An [`ModelError::Io`] for `action` on `path`.
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| ModelError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| ModelError::Io { action, path, source }
     }
 }
 

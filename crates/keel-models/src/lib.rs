@@ -18,8 +18,7 @@ pub use embed::{cosine, Embedder, MiniLmEmbedder, MINILM_MAX_TOKENS};
 pub use error::{ModelError, Result};
 pub use llm::{ChatMessage, FinishReason, GenerateParams, Generation, LocalLlm};
 pub use pull::{
-    default_home, default_models_dir, find_spec, installed_manifest, list, list_models_dir,
-    models_dir, pull, pull_using, sha256_file, InstalledModel, Manifest, ManifestFile, ModelPaths,
-    ModelSpec, PullEvent, WheelFile, HOME_ENV, MANIFEST_FILE, MINILM_L6_V2, MODELS_DIR_ENV,
-    PIP_ENV, REGISTRY, SMOLLM2_135M_INSTRUCT,
+    default_home, default_models_dir, find_spec, installed_manifest, list, list_models_dir, models_dir, pull,
+    pull_using, sha256_file, InstalledModel, Manifest, ManifestFile, ModelPaths, ModelSpec, PullEvent, WheelFile,
+    HOME_ENV, MANIFEST_FILE, MINILM_L6_V2, MODELS_DIR_ENV, PIP_ENV, REGISTRY, SMOLLM2_135M_INSTRUCT,
 };

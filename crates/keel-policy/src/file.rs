@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use keel_core::CheckMode;
+
 use crate::detect::PiiKind;
 
 /// The root of a policy file.
@@ -18,14 +20,19 @@ pub struct PolicyFile {
     /// What the policy is for.
     #[serde(default)]
     pub description: String,
+    /// A policy this one builds on: `"default"` for the built-in pack, or a file path
+    /// (relative to this file). Its checks and rules come first; this file adds to them.
+    #[serde(default)]
+    pub extends: Option<String>,
     /// What happens when a check cannot run: block (`fail_closed`) or ignore it (`fail_open`).
     #[serde(default)]
-    pub on_check_error: OnCheckError,
+    pub on_check_error: Option<OnCheckError>,
     /// Bytes of streamed output held back so findings that straddle chunks are still caught.
-    #[serde(default = "default_window")]
-    pub stream_window_bytes: usize,
-    /// Replies sent for `block` and `escalate`, per language.
-    pub messages: Messages,
+    #[serde(default)]
+    pub stream_window_bytes: Option<usize>,
+    /// Replies sent for `block` and `escalate`, per language (inherited when extending).
+    #[serde(default)]
+    pub messages: Option<Messages>,
     /// The checks, run in file order.
     #[serde(default)]
     pub checks: Vec<CheckConfig>,
@@ -34,9 +41,8 @@ pub struct PolicyFile {
     pub rules: Vec<RuleConfig>,
 }
 
-fn default_window() -> usize {
-    256
-}
+/// The stream window when neither the policy nor the one it extends sets it.
+pub const DEFAULT_STREAM_WINDOW: usize = 256;
 
 /// What a check error means for the decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -113,6 +119,10 @@ macro_rules! check_config {
             /// Texts longer than this are not scanned; the check reports an error instead.
             #[serde(default)]
             pub max_input_bytes: Option<usize>,
+            /// `inline` (default): runs before the answer and can decide; `async`: runs after
+            /// the answer is sent, for monitoring only, adding no latency.
+            #[serde(default)]
+            pub mode: CheckMode,
             $($(#[$fmeta])* pub $field: $ty,)*
         }
     };
@@ -188,6 +198,22 @@ check_config!(
     }
 );
 
+check_config!(
+    /// Similarity of the text to example sentences, with sentence embeddings (all-MiniLM-L6-v2).
+    SemanticCheckConfig {
+        /// Sentences the check looks for; the score is the highest cosine similarity to one.
+        exemplars: Vec<String>,
+        /// Counter-examples: a text closer to one of these than to every exemplar does not hit.
+        #[serde(default)]
+        allowed: Vec<String>,
+    }
+);
+
+check_config!(
+    /// A small neural classifier over sentence embeddings that scores prompt injection.
+    InjectionClassifierCheckConfig {}
+);
+
 /// One check, tagged by its kind.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -204,6 +230,10 @@ pub enum CheckConfig {
     Injection(InjectionCheckConfig),
     /// See [`LengthCheckConfig`].
     Length(LengthCheckConfig),
+    /// See [`SemanticCheckConfig`].
+    Semantic(SemanticCheckConfig),
+    /// See [`InjectionClassifierCheckConfig`].
+    InjectionClassifier(InjectionClassifierCheckConfig),
 }
 
 /// A check's common settings, whatever its kind.
@@ -216,6 +246,8 @@ pub struct CommonCheckSettings<'a> {
     pub threshold: Option<f64>,
     /// Its input size limit.
     pub max_input_bytes: Option<usize>,
+    /// Inline or async.
+    pub mode: CheckMode,
 }
 
 impl CheckConfig {
@@ -228,6 +260,8 @@ impl CheckConfig {
             CheckConfig::Secret(_) => "secret",
             CheckConfig::Injection(_) => "injection",
             CheckConfig::Length(_) => "length",
+            CheckConfig::Semantic(_) => "semantic",
+            CheckConfig::InjectionClassifier(_) => "injection_classifier",
         }
     }
 
@@ -240,6 +274,7 @@ impl CheckConfig {
                     phase: $c.phase,
                     threshold: $c.threshold,
                     max_input_bytes: $c.max_input_bytes,
+                    mode: $c.mode,
                 }
             };
         }
@@ -250,7 +285,14 @@ impl CheckConfig {
             CheckConfig::Secret(c) => common!(c),
             CheckConfig::Injection(c) => common!(c),
             CheckConfig::Length(c) => common!(c),
+            CheckConfig::Semantic(c) => common!(c),
+            CheckConfig::InjectionClassifier(c) => common!(c),
         }
+    }
+
+    /// True when the check needs the sentence embedder.
+    pub fn needs_embedder(&self) -> bool {
+        matches!(self, CheckConfig::Semantic(_) | CheckConfig::InjectionClassifier(_))
     }
 }
 

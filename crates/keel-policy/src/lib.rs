@@ -14,6 +14,6 @@ pub mod source;
 pub mod stream;
 pub mod text;
 
-pub use policy::{Context, Judgement, Policy, PolicyError, TextPart, Verdict};
+pub use policy::{Context, Judgement, Models, Policy, PolicyError, TextPart, Verdict, DEFAULT_PACK};
 pub use stream::{GuardStep, StreamGuard};
 pub use text::Lang;

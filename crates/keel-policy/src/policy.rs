@@ -6,15 +6,17 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use keel_core::{Action, CheckResult, Decision, Evidence, Finding, Phase, PolicyRef};
+use keel_core::{Action, CheckMode, CheckResult, Decision, Evidence, Finding, Phase, PolicyRef};
+use keel_models::{Embedder, InjectionClassifier};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::check::{self, Check, CheckError, CheckInput, Scope};
 use crate::expr::{self, ContextVar, Env, Expr, Field};
-use crate::file::{LocalizedText, Messages, OnCheckError, PhaseSelector, PolicyFile};
+use crate::file::{CheckConfig, LocalizedText, Messages, OnCheckError, PhaseSelector, PolicyFile, DEFAULT_STREAM_WINDOW};
 use crate::source::{FieldPath, SourceError, TomlSource};
 use crate::text::{redact, Lang};
 
@@ -35,18 +37,22 @@ pub enum PolicyError {
 }
 
 /// A check ready to run, with its policy-level settings.
+#[derive(Clone)]
 struct CompiledCheck {
     name: String,
     kind: &'static str,
     phase: PhaseSelector,
     threshold: f64,
     max_input_bytes: Option<usize>,
-    imp: Box<dyn Check>,
+    mode: CheckMode,
+    imp: Arc<dyn Check>,
 }
 
 /// A rule with its condition compiled.
+#[derive(Clone)]
 struct CompiledRule {
     name: String,
+    priority: i32,
     phase: PhaseSelector,
     when_source: String,
     when: Expr,
@@ -125,24 +131,93 @@ pub struct Verdict {
     pub redact_checks: Vec<String>,
 }
 
+/// The models checks may use; a policy with model-based checks needs them to compile.
+#[derive(Clone, Default)]
+pub struct Models {
+    /// The sentence embedder (semantic and classifier checks).
+    pub embedder: Option<Arc<dyn Embedder>>,
+    /// The prompt-injection classifier over the embedder's vectors.
+    pub classifier: Option<Arc<InjectionClassifier>>,
+}
+
+/// The built-in default policy pack (`policies/default.toml`).
+pub const DEFAULT_PACK: &str = include_str!("../../../policies/default.toml");
+
+/// How deep `extends` chains may go, so a cycle is an error rather than a hang.
+const MAX_EXTENDS_DEPTH: usize = 4;
+
 const RESERVED: &[&str] = &["phase", "app", "model", "true", "false", "and", "or", "not", "in", "has_any", "len"];
 
 impl Policy {
-    /// Reads and compiles the policy file at `path`.
+    /// Reads and compiles the policy file at `path` (without model-based checks).
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        Policy::load_with(path, &Models::default())
+    }
+
+    /// Reads and compiles the policy file at `path`, with `models` for model-based checks.
+    pub fn load_with(path: &Path, models: &Models) -> Result<Policy, PolicyError> {
+        Policy::load_at_depth(path, models, 0)
+    }
+
+    fn load_at_depth(path: &Path, models: &Models, depth: usize) -> Result<Policy, PolicyError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io { file: file.clone(), source })?;
-        Ok(Policy::parse(&file, &text)?)
+        Ok(Policy::parse_at_depth(&file, &text, models, depth)?)
     }
 
-    /// Compiles policy `text`, naming `file` in errors.
+    /// Compiles policy `text`, naming `file` in errors (without model-based checks).
     pub fn parse(file: &str, text: &str) -> Result<Policy, SourceError> {
+        Policy::parse_with(file, &text, &Models::default())
+    }
+
+    /// Compiles policy `text` with `models` for model-based checks, naming `file` in errors.
+    pub fn parse_with(file: &str, text: &str, models: &Models) -> Result<Policy, SourceError> {
+        Policy::parse_at_depth(file, text, models, 0)
+    }
+
+    /// True when the policy in `text` (or one it extends) has checks that need the embedder.
+    pub fn needs_embedder(file: &str, text: &str) -> Result<bool, SourceError> {
+        let raw: PolicyFile = TomlSource::new(file, text).deserialize()?;
+        let own = raw.checks.iter().any(CheckConfig::needs_embedder);
+        let base = match raw.extends.as_deref() {
+            Some("default") | None => false,
+            Some(path) => {
+                let path = Path::new(file).parent().unwrap_or(Path::new(".")).join(path);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Policy::needs_embedder(&path.display().to_string(), &text)?,
+                    Err(_) => false,
+                }
+            }
+        };
+        Ok(own || base)
+    }
+
+    fn parse_at_depth(file: &str, text: &str, models: &Models, depth: usize) -> Result<Policy, SourceError> {
         let source = TomlSource::new(file, text);
         let raw: PolicyFile = source.deserialize()?;
-        Policy::compile(raw, &source, text)
+        let base = match raw.extends.as_deref() {
+            None => None,
+            Some(_) if depth >= MAX_EXTENDS_DEPTH => {
+                return Err(source.error_at(&FieldPath::key("extends"), "policies extend each other too deeply (a cycle?)"))
+            }
+            Some("default") => Some(Policy::parse_at_depth("<built-in default pack>", DEFAULT_PACK, models, depth + 1)?),
+            Some(relative) => {
+                let path = Path::new(file).parent().unwrap_or(Path::new(".")).join(relative);
+                let base = Policy::load_at_depth(&path, models, depth + 1)
+                    .map_err(|e| source.error_at(&FieldPath::key("extends"), format!("cannot use the base policy: {e}")))?;
+                Some(base)
+            }
+        };
+        Policy::compile(raw, &source, text, models, base)
     }
 
-    fn compile(raw: PolicyFile, source: &TomlSource<'_>, text: &str) -> Result<Policy, SourceError> {
+    fn compile(
+        raw: PolicyFile,
+        source: &TomlSource<'_>,
+        text: &str,
+        models: &Models,
+        base: Option<Policy>,
+    ) -> Result<Policy, SourceError> {
         if raw.name.trim().is_empty() {
             return Err(source.error_at(&FieldPath::key("name"), "must not be empty"));
         }
@@ -150,17 +225,28 @@ impl Policy {
             return Err(source
                 .error_at(&FieldPath::key("version"), "must be a non-empty version without spaces, e.g. \"1.2.0\""));
         }
-        if !(16..=65_536).contains(&raw.stream_window_bytes) {
+        let stream_window_bytes =
+            raw.stream_window_bytes.or(base.as_ref().map(|b| b.stream_window_bytes)).unwrap_or(DEFAULT_STREAM_WINDOW);
+        if !(16..=65_536).contains(&stream_window_bytes) {
             return Err(source.error_at(&FieldPath::key("stream_window_bytes"), "must be between 16 and 65536"));
         }
-        for (key, text) in [("block", &raw.messages.block), ("escalate", &raw.messages.escalate)] {
+        let on_check_error = raw.on_check_error.or(base.as_ref().map(|b| b.on_check_error)).unwrap_or_default();
+        let messages = match (raw.messages, &base) {
+            (Some(messages), _) => messages,
+            (None, Some(base)) => base.messages.clone(),
+            (None, None) => return Err(source.error_at(&FieldPath::default(), "missing [messages] (block and escalate replies)")),
+        };
+        for (key, text) in [("block", &messages.block), ("escalate", &messages.escalate)] {
             if text.en.trim().is_empty() {
                 return Err(source.error_at(&FieldPath::key("messages").field(key).field("en"), "must not be empty"));
             }
         }
 
-        let mut checks = Vec::with_capacity(raw.checks.len());
-        let mut names = HashSet::new();
+        let (mut checks, base_rules) = match base {
+            Some(base) => (base.checks, base.rules),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut names: HashSet<String> = checks.iter().map(|c| c.name.clone()).collect();
         for (i, config) in raw.checks.iter().enumerate() {
             let path = FieldPath::key("checks").index(i);
             let common = config.common();
@@ -190,7 +276,7 @@ impl Policy {
             if common.max_input_bytes == Some(0) {
                 return Err(source.error_at(&path.field("max_input_bytes"), "must be greater than 0"));
             }
-            let imp = check::build(config).map_err(|e| {
+            let imp = check::build(config, threshold, models).map_err(|e| {
                 let mut field = path.clone();
                 field.0.extend(e.field.iter().cloned());
                 source.error_at(&field, e.message)
@@ -201,13 +287,17 @@ impl Policy {
                 phase: common.phase,
                 threshold,
                 max_input_bytes: common.max_input_bytes,
+                mode: common.mode,
                 imp,
             });
         }
 
         let slots = Slots(&checks);
-        let mut rules: Vec<(i32, usize, CompiledRule)> = Vec::with_capacity(raw.rules.len());
-        let mut rule_names = HashSet::new();
+        // Base rules keep their order ahead of this file's at equal priority.
+        let base_count = base_rules.len();
+        let mut rules: Vec<(i32, usize, CompiledRule)> =
+            base_rules.into_iter().enumerate().map(|(i, r)| (r.priority, i, r)).collect();
+        let mut rule_names: HashSet<String> = rules.iter().map(|(_, _, r)| r.name.clone()).collect();
         for (i, rule) in raw.rules.iter().enumerate() {
             let path = FieldPath::key("rules").index(i);
             if rule.name.trim().is_empty() {
@@ -223,6 +313,12 @@ impl Policy {
             let reads = when.referenced_checks();
             for &slot in &reads {
                 let check = &checks[slot];
+                if check.mode == CheckMode::Async {
+                    return Err(source.error_at(
+                        &path.field("when"),
+                        format!("reads check `{}`, which runs async (after the answer, for monitoring) and so cannot decide", check.name),
+                    ));
+                }
                 let never = [Phase::Input, Phase::Output]
                     .into_iter()
                     .filter(|p| rule.phase.includes(*p))
@@ -266,9 +362,10 @@ impl Policy {
             }
             rules.push((
                 rule.priority,
-                i,
+                base_count + i,
                 CompiledRule {
                     name: rule.name.clone(),
+                    priority: rule.priority,
                     phase: rule.phase,
                     when_source: rule.when.clone(),
                     when,
@@ -285,9 +382,9 @@ impl Policy {
             name: raw.name,
             version: raw.version,
             description: raw.description,
-            on_check_error: raw.on_check_error,
-            stream_window_bytes: raw.stream_window_bytes,
-            messages: raw.messages,
+            on_check_error,
+            stream_window_bytes,
+            messages,
             checks,
             rules: rules.into_iter().map(|(_, _, r)| r).collect(),
             source_sha256: hex::encode(Sha256::digest(text.as_bytes())),
@@ -327,7 +424,20 @@ impl Policy {
 
     /// True when at least one check reads `phase`.
     pub fn has_checks(&self, phase: Phase) -> bool {
-        self.checks.iter().any(|c| c.phase.includes(phase))
+        self.checks.iter().any(|c| c.phase.includes(phase) && c.mode == CheckMode::Inline)
+    }
+
+    /// True when an async (monitoring-only) check reads `phase`.
+    pub fn has_async_checks(&self, phase: Phase) -> bool {
+        self.checks.iter().any(|c| c.phase.includes(phase) && c.mode == CheckMode::Async)
+    }
+
+    /// True when an inline output check needs the complete answer, so a stream is held back
+    /// entirely until it ends.
+    pub fn holds_whole_answer(&self) -> bool {
+        self.checks.iter().any(|c| {
+            c.phase.includes(Phase::Output) && c.mode == CheckMode::Inline && c.imp.scope() == Scope::Final
+        })
     }
 
     /// A human-readable summary for `keel policy check`.
@@ -366,12 +476,17 @@ impl Policy {
 
     /// Runs every check that reads `phase` on every part; findings carry the part's message index.
     pub fn run_checks(&self, phase: Phase, parts: &[TextPart<'_>]) -> Vec<CheckResult> {
-        self.run_checks_where(phase, parts, |_| true)
+        self.run_checks_where(phase, parts, |c| c.mode == CheckMode::Inline)
     }
 
-    /// Runs only the checks of `phase` whose scope is local (safe on windows of a stream).
+    /// Runs the async (monitoring-only) checks of `phase`; call it after the answer is sent.
+    pub fn run_async_checks(&self, phase: Phase, parts: &[TextPart<'_>]) -> Vec<CheckResult> {
+        self.run_checks_where(phase, parts, |c| c.mode == CheckMode::Async)
+    }
+
+    /// Runs the inline checks of `phase` with the given scope (the stream guard's windows).
     pub(crate) fn run_checks_scoped(&self, phase: Phase, parts: &[TextPart<'_>], scope: Scope) -> Vec<CheckResult> {
-        self.run_checks_where(phase, parts, |c| c.imp.scope() == scope)
+        self.run_checks_where(phase, parts, |c| c.mode == CheckMode::Inline && c.imp.scope() == scope)
     }
 
     fn run_checks_where(
@@ -393,6 +508,7 @@ impl Policy {
         let mut score: f64 = 0.0;
         let mut findings = Vec::new();
         let mut error = None;
+        let mut detail: Option<String> = None;
         for (part, input) in parts.iter().zip(inputs) {
             let outcome = match check.max_input_bytes {
                 Some(limit) if part.text.len() > limit => {
@@ -402,7 +518,11 @@ impl Policy {
             };
             match outcome {
                 Ok(output) => {
-                    score = score.max(output.score.clamp(0.0, 1.0));
+                    let clamped = output.score.clamp(0.0, 1.0);
+                    if output.detail.is_some() && (detail.is_none() || clamped > score) {
+                        detail = output.detail;
+                    }
+                    score = score.max(clamped);
                     findings.extend(output.findings.into_iter().map(|f| Finding { message: part.message, ..f }));
                 }
                 Err(e) => {
@@ -422,7 +542,9 @@ impl Policy {
             hit: error.is_none() && score >= check.threshold && score > 0.0,
             findings,
             error,
+            detail,
             elapsed_us: started.elapsed().as_micros() as u64,
+            mode: check.mode,
         }
     }
 
@@ -536,7 +658,14 @@ fn evidence_of(result: &CheckResult) -> Evidence {
             kinds.push(f.kind.clone());
         }
     }
-    Evidence { check: result.check.clone(), score: result.score, hit: result.hit, kinds, error: result.error.clone() }
+    Evidence {
+        check: result.check.clone(),
+        score: result.score,
+        hit: result.hit,
+        kinds,
+        error: result.error.clone(),
+        detail: result.detail.clone(),
+    }
 }
 
 fn phase_name(phase: PhaseSelector) -> &'static str {

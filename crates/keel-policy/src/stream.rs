@@ -6,6 +6,9 @@
 //! the client, even when it straddles chunk boundaries. `redact` rewrites the held-back text;
 //! `block` and `escalate` stop the stream and send the policy's reply instead.
 //!
+//! Checks that need the complete answer (model-based ones, inline) make the guard hold the
+//! whole answer until the stream ends: streaming then degrades to a single final release.
+//!
 //! Cost: the client sees text `window` bytes (plus up to one evaluation step) later than the
 //! upstream produced it; at ~4 bytes per token that is about `window / 4` tokens of delay.
 
@@ -42,6 +45,7 @@ pub struct StreamGuard {
     emitted: String,
     strongest: Option<Verdict>,
     stopped: bool,
+    hold_all: bool,
 }
 
 impl StreamGuard {
@@ -49,6 +53,7 @@ impl StreamGuard {
     pub fn new(policy: Arc<Policy>, app: &str, model: &str, lang: Lang) -> Self {
         let window = policy.stream_window_bytes();
         StreamGuard {
+            hold_all: policy.holds_whole_answer(),
             policy,
             app: app.to_string(),
             model: model.to_string(),
@@ -72,6 +77,10 @@ impl StreamGuard {
             return GuardStep::default();
         }
         self.text.push_str(delta);
+        if self.hold_all {
+            // A model-based check needs the complete answer: nothing is released before it.
+            return GuardStep::default();
+        }
         let ready = self.text.len() >= self.evaluated_len + self.step && self.text.len() > self.released + self.window;
         if !ready {
             return GuardStep::default();
@@ -126,6 +135,9 @@ impl StreamGuard {
         merge(&mut self.local, fresh, scan_from);
         let whole = [TextPart { message: None, text: &self.text }];
         self.whole = self.policy.run_checks_scoped(Phase::Output, &whole, Scope::Whole);
+        if last {
+            self.whole.extend(self.policy.run_checks_scoped(Phase::Output, &whole, Scope::Final));
+        }
 
         let results = self.results();
         let ctx = Context { app: &self.app, model: &self.model, lang: self.lang };

@@ -114,6 +114,8 @@ pub fn interaction(app: &str, created_at: OffsetDateTime, decision: Action, hits
             findings: vec![],
             error: None,
             elapsed_us: 12,
+            mode: Default::default(),
+            detail: None,
         })
         .collect();
     checks.push(CheckResult {
@@ -125,6 +127,8 @@ pub fn interaction(app: &str, created_at: OffsetDateTime, decision: Action, hits
         findings: vec![],
         error: None,
         elapsed_us: 3,
+        mode: Default::default(),
+        detail: None,
     });
     Interaction {
         id: InteractionId::new(),
@@ -223,6 +227,8 @@ pub fn full_interaction() -> Interaction {
                 }],
                 error: None,
                 elapsed_us: 88,
+                mode: Default::default(),
+                detail: None,
             },
             CheckResult {
                 check: "judge".to_owned(),
@@ -233,6 +239,8 @@ pub fn full_interaction() -> Interaction {
                 findings: vec![],
                 error: Some("timeout".to_owned()),
                 elapsed_us: 2_000_000,
+                mode: Default::default(),
+                detail: None,
             },
             CheckResult {
                 check: "sentiment".to_owned(),
@@ -243,6 +251,8 @@ pub fn full_interaction() -> Interaction {
                 findings: vec![],
                 error: None,
                 elapsed_us: 1500,
+                mode: Default::default(),
+                detail: None,
             },
             CheckResult {
                 check: "pii".to_owned(),
@@ -253,6 +263,8 @@ pub fn full_interaction() -> Interaction {
                 findings: vec![],
                 error: None,
                 elapsed_us: 70,
+                mode: Default::default(),
+                detail: None,
             },
         ],
     }

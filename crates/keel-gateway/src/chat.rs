@@ -157,6 +157,8 @@ struct Record {
     checks: Vec<CheckResult>,
     upstream_ms: f64,
     tokens: Tokens,
+    /// The request texts, kept for async checks (empty when the policy has none).
+    input_texts: Vec<(Option<usize>, String)>,
 }
 
 impl Record {
@@ -203,6 +205,50 @@ impl Record {
     }
 }
 
+/// Runs CPU-heavy judging (model-based checks) without stalling the runtime's other tasks.
+fn blocking<R>(heavy: bool, work: impl FnOnce() -> R) -> R {
+    let multi_thread =
+        tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if heavy && multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
+/// Stores `interaction` after running the policy's async (monitoring-only) checks on the
+/// request texts and the answer, off the request path; without async checks it stores at once.
+async fn record_with_async_checks(
+    state: &AppState,
+    policy: Arc<Policy>,
+    mut interaction: Interaction,
+    handoff: Option<HandoffRequest>,
+    input: Vec<(Option<usize>, String)>,
+    answer: String,
+) {
+    if !policy.has_async_checks(Phase::Input) && !policy.has_async_checks(Phase::Output) {
+        state.record(interaction, handoff).await;
+        return;
+    }
+    let state_for_task = state.clone();
+    state.tasks().spawn(async move {
+        let results = tokio::task::spawn_blocking(move || {
+            let parts: Vec<TextPart<'_>> = input.iter().map(|(m, t)| TextPart { message: *m, text: t }).collect();
+            let mut results = policy.run_async_checks(Phase::Input, &parts);
+            if !answer.is_empty() {
+                results.extend(policy.run_async_checks(Phase::Output, &[TextPart { message: None, text: &answer }]));
+            }
+            results
+        })
+        .await;
+        match results {
+            Ok(results) => interaction.checks.extend(results),
+            Err(e) => tracing::error!(interaction = %interaction.id, error = %e, "async checks failed"),
+        }
+        state_for_task.record(interaction, handoff).await;
+    });
+}
+
 /// Findings of PII checks in `results`, which the `redacted` privacy setting removes from storage.
 fn pii_findings(results: &[CheckResult]) -> Vec<&Finding> {
     results.iter().filter(|r| r.kind == "pii").flat_map(|r| r.findings.iter()).collect()
@@ -239,7 +285,8 @@ async fn serve(state: AppState, headers: HeaderMap, body: Body) -> Result<Respon
     let ctx = Context { app: &caller.app, model: &model, lang };
     let text_parts: Vec<TextPart<'_>> =
         parts.iter().enumerate().map(|(k, (_, text))| TextPart { message: Some(k), text }).collect();
-    let mut input = policy.judge(Phase::Input, &text_parts, &ctx);
+    let heavy = policy.has_model_checks();
+    let mut input = blocking(heavy, || policy.judge(Phase::Input, &text_parts, &ctx));
     // Findings name the request message, not the judged part.
     for result in &mut input.results {
         for finding in &mut result.findings {
@@ -270,6 +317,11 @@ async fn serve(state: AppState, headers: HeaderMap, body: Body) -> Result<Respon
         checks: input.results,
         upstream_ms: 0.0,
         tokens: Tokens::default(),
+        input_texts: if policy.has_async_checks(Phase::Input) {
+            parts.iter().map(|(at, text)| (Some(at.message), text.clone())).collect()
+        } else {
+            Vec::new()
+        },
     };
     tracing::debug!(interaction = %record.id, app = %record.caller.app, decision = %input_action, "input judged");
 
@@ -369,7 +421,9 @@ fn sse_data(payload: &str) -> Bytes {
 }
 
 /// Answers a request blocked or escalated on input, without calling the upstream.
-async fn reply_without_upstream(state: &AppState, record: Record, reply: String) -> Response {
+async fn reply_without_upstream(state: &AppState, mut record: Record, reply: String) -> Response {
+    let input = std::mem::take(&mut record.input_texts);
+    let policy = record.policy.clone();
     let action = record.decision();
     let stream = record.stream;
     let model = record.model.clone();
@@ -384,7 +438,7 @@ async fn reply_without_upstream(state: &AppState, record: Record, reply: String)
         created_at: interaction.created_at,
         reason,
     });
-    state.record(interaction, handoff).await;
+    record_with_async_checks(state, policy, interaction, handoff, input, String::new()).await;
     if stream {
         let chunk_id = format!("chatcmpl-keel-{id}");
         let mut out = Vec::new();
@@ -460,7 +514,9 @@ async fn whole_answer(
     let mut rewritten = Vec::with_capacity(choices.len());
     for mut choice in choices {
         if let Some(text) = choice["message"]["content"].as_str().map(str::to_string) {
-            let judged = policy.judge(Phase::Output, &[TextPart { message: None, text: &text }], &ctx);
+            let judged = blocking(policy.has_model_checks(), || {
+                policy.judge(Phase::Output, &[TextPart { message: None, text: &text }], &ctx)
+            });
             match judged.decision.action {
                 Action::Block | Action::Escalate => {
                     choice["message"] =
@@ -494,6 +550,7 @@ async fn whole_answer(
     let headers = record.headers();
     let id = record.id;
     let app = record.caller.app.clone();
+    let input = std::mem::take(&mut record.input_texts);
     let pii_refs: Vec<&Finding> = pii.iter().collect();
     let interaction = record.finish(Outcome::Completed, 200, None, &original, &pii_refs);
     let handoff = handoff_reason.map(|reason| HandoffRequest {
@@ -502,7 +559,7 @@ async fn whole_answer(
         created_at: interaction.created_at,
         reason,
     });
-    state.record(interaction, handoff).await;
+    record_with_async_checks(state, policy, interaction, handoff, input, original).await;
     (headers, axum::Json(answer)).into_response()
 }
 
@@ -674,7 +731,9 @@ impl StreamPump {
                     }
                 }
                 if finishing {
-                    let step = self.guard(index).finish();
+                    let heavy = self.record.policy.has_model_checks();
+                    let guard = self.guard(index);
+                    let step = blocking(heavy, || guard.finish());
                     release.push_str(&step.release);
                     if let Some(reply) = step.stop {
                         stop = Some((index, reply));
@@ -712,7 +771,9 @@ impl StreamPump {
     async fn flush_guards(&mut self) {
         let indices: Vec<u64> = self.guards.keys().copied().collect();
         for index in indices {
-            let step = self.guard(index).finish();
+            let heavy = self.record.policy.has_model_checks();
+            let guard = self.guard(index);
+            let step = blocking(heavy, || guard.finish());
             if let Some(reply) = step.stop {
                 self.stop_with(index, &reply).await;
                 return;
@@ -760,6 +821,8 @@ impl StreamPump {
         self.record.checks.extend(output_results);
         let id = self.record.id;
         let app = self.record.caller.app.clone();
+        let input = std::mem::take(&mut self.record.input_texts);
+        let policy = self.record.policy.clone();
         let pii_refs: Vec<&Finding> = pii.iter().collect();
         let status = if error.is_some() { 502 } else { 200 };
         let interaction = self.record.finish(outcome, status, error, &original, &pii_refs);
@@ -769,7 +832,7 @@ impl StreamPump {
             created_at: interaction.created_at,
             reason,
         });
-        state.record(interaction, handoff).await;
+        record_with_async_checks(&state, policy, interaction, handoff, input, original).await;
     }
 }
 

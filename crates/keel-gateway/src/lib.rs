@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod chat;
 pub mod error;
+mod local;
 pub mod sse;
 mod state;
 pub mod upstream;
@@ -21,6 +22,7 @@ use serde_json::{json, Value};
 
 pub use auth::Caller;
 pub use error::ApiError;
+pub use local::{spawn_local_model, LocalModelServer, LOCAL_MODEL_ID};
 pub use state::{key_hash, AppState, ClientKey, GatewaySettings, OPEN_APP};
 pub use upstream::{UpstreamConfig, Upstreams};
 

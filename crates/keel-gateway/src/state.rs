@@ -8,6 +8,7 @@ use keel_core::{Interaction, Privacy};
 use keel_policy::Policy;
 use keel_store::{AuditEntry, HandoffRequest, Store, WriterHandle};
 use sha2::{Digest, Sha256};
+use tokio_util::task::TaskTracker;
 
 use crate::upstream::Upstreams;
 
@@ -75,6 +76,7 @@ struct Inner {
     upstreams: Upstreams,
     store: Arc<dyn Store>,
     writer: WriterHandle,
+    tasks: TaskTracker,
 }
 
 impl AppState {
@@ -88,7 +90,15 @@ impl AppState {
     ) -> Self {
         let keys_by_hash = settings.keys.iter().map(|k| (k.sha256, k.clone())).collect();
         AppState {
-            inner: Arc::new(Inner { settings, keys_by_hash, policy: RwLock::new(policy), upstreams, store, writer }),
+            inner: Arc::new(Inner {
+                settings,
+                keys_by_hash,
+                policy: RwLock::new(policy),
+                upstreams,
+                store,
+                writer,
+                tasks: TaskTracker::new(),
+            }),
         }
     }
 
@@ -131,6 +141,11 @@ impl AppState {
     /// The store, for reads.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Background work of requests that already answered (async checks); shutdown waits for it.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
     }
 
     /// The batched writer, for every write.

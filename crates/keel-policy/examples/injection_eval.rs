@@ -11,8 +11,11 @@
 //! cargo run -p keel-models --release --example pull all-minilm-l6-v2   # once
 //! cargo run --release -p keel-policy --example injection_eval -- --csv test.csv \
 //!     [--text-col text] [--label-col label | --all-positive] [--threshold 0.5] \
-//!     [--models-dir DIR] [--examples 5]
+//!     [--models-dir DIR] [--examples 5] [--scores-out scores.csv]
 //! ```
+//!
+//! `--scores-out` writes every row's number, label, classifier score, heuristic score and finding
+//! kinds, and text, for looking at the errors in other tools.
 //!
 //! It lives in keel-policy rather than keel-models because keel-policy is the crate that depends
 //! on keel-models; a keel-models example needing keel-policy would point the arrow backwards.
@@ -39,7 +42,7 @@ const EXCERPT_CHARS: usize = 100;
 const Z95: f64 = 1.959_964;
 
 const USAGE: &str = "usage: injection_eval --csv PATH [--text-col NAME] [--label-col NAME | --all-positive] \
-                     [--threshold 0.5] [--models-dir DIR] [--examples 5]";
+                     [--threshold 0.5] [--models-dir DIR] [--examples 5] [--scores-out PATH]";
 
 /// Command line, validated.
 struct Args {
@@ -50,6 +53,7 @@ struct Args {
     threshold: f32,
     models_dir: Option<PathBuf>,
     examples: usize,
+    scores_out: Option<PathBuf>,
 }
 
 impl Args {
@@ -64,6 +68,7 @@ impl Args {
             threshold: 0.5,
             models_dir: None,
             examples: 5,
+            scores_out: None,
         };
         while let Some(flag) = raw.next() {
             let mut value = || raw.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
@@ -80,6 +85,7 @@ impl Args {
                     }
                 }
                 "--models-dir" => args.models_dir = Some(PathBuf::from(value()?)),
+                "--scores-out" => args.scores_out = Some(PathBuf::from(value()?)),
                 "--examples" => {
                     let v = value()?;
                     args.examples = v.parse().with_context(|| format!("--examples {v:?} is not a count"))?;
@@ -101,6 +107,8 @@ impl Args {
 
 /// One labelled text.
 struct Row {
+    /// 1-based position among the data records (the header not counted).
+    row: usize,
     text: String,
     injection: bool,
 }
@@ -164,18 +172,17 @@ fn read_dataset(args: &Args) -> Result<Dataset> {
 
     let mut rows = Vec::new();
     for (i, record) in reader.records().enumerate() {
-        // Line numbers count the header, as an editor shows them (for single-line records).
-        let line = i + 2;
-        let record = record.with_context(|| format!("{}: record {line} is malformed", args.csv.display()))?;
-        let text = record.get(text_idx).with_context(|| format!("record {line} has no {text_col:?} field"))?;
+        let record = record.with_context(|| format!("{}: record {} is malformed", args.csv.display(), i + 1))?;
+        let row = i + 1;
+        let text = record.get(text_idx).with_context(|| format!("record {row} has no {text_col:?} field"))?;
         let injection = match label_idx {
             None => true,
             Some(j) => {
-                let raw = record.get(j).with_context(|| format!("record {line} has no label field"))?;
-                parse_label(raw).with_context(|| format!("record {line}: cannot read label {raw:?} as 0/1"))?
+                let raw = record.get(j).with_context(|| format!("record {row} has no label field"))?;
+                parse_label(raw).with_context(|| format!("record {row}: cannot read label {raw:?} as 0/1"))?
             }
         };
-        rows.push(Row { text: text.to_string(), injection });
+        rows.push(Row { row, text: text.to_string(), injection });
     }
     if rows.is_empty() {
         bail!("{} has no rows", args.csv.display());
@@ -210,7 +217,15 @@ impl Confusion {
         self.tp + self.fp + self.tn + self.fn_
     }
 
+    /// Whether the set has benign rows; without them precision is 100% by construction.
+    fn has_negatives(&self) -> bool {
+        self.fp + self.tn > 0
+    }
+
     fn precision(&self) -> Option<(f64, (f64, f64))> {
+        if !self.has_negatives() {
+            return None;
+        }
         proportion(self.tp, self.tp + self.fp)
     }
 
@@ -224,7 +239,7 @@ impl Confusion {
 
     fn f1(&self) -> Option<f64> {
         let denom = 2 * self.tp + self.fp + self.fn_;
-        (denom > 0).then(|| 2.0 * self.tp as f64 / denom as f64)
+        (denom > 0 && self.has_negatives()).then(|| 2.0 * self.tp as f64 / denom as f64)
     }
 
     fn accuracy(&self) -> f64 {
@@ -351,9 +366,26 @@ fn print_examples(title: &str, rows: &[Row], hit: &[bool], note: &dyn Fn(usize) 
     for (kind, list) in [("missed injections", &missed), ("false alarms", &false_alarms)] {
         println!("{title}: {kind} ({} in all, first {} in file order)", list.len(), limit.min(list.len()));
         for &i in list.iter().take(limit) {
-            println!("  line {:>5} {}  {}", i + 2, note(i), excerpt(&rows[i].text));
+            println!("  row {:>5} {}  {}", rows[i].row, note(i), excerpt(&rows[i].text));
         }
     }
+}
+
+fn write_scores(path: &std::path::Path, rows: &[Row], scores: &[f32], scans: &[(f64, Vec<String>)]) -> Result<()> {
+    let mut out = csv::Writer::from_path(path).with_context(|| format!("cannot create {}", path.display()))?;
+    out.write_record(["row", "label", "classifier", "heuristic", "heuristic_kinds", "text"])?;
+    for ((row, score), (h, kinds)) in rows.iter().zip(scores).zip(scans) {
+        out.write_record([
+            row.row.to_string(),
+            u8::from(row.injection).to_string(),
+            format!("{score:.6}"),
+            format!("{h:.4}"),
+            kinds.join(","),
+            row.text.clone(),
+        ])?;
+    }
+    out.flush().with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 fn per_second(n: usize, d: Duration) -> f64 {
@@ -425,6 +457,9 @@ fn main() -> Result<()> {
         },
     ];
     print_metrics(&outcomes);
+    if let Some(path) = &args.scores_out {
+        write_scores(path, rows, &scores, &scans)?;
+    }
     println!();
 
     let model_scores: Vec<f64> = scores.iter().map(|&s| f64::from(s)).collect();
@@ -496,6 +531,14 @@ mod tests {
         assert_eq!((c.tp, c.fp, c.tn, c.fn_), (2, 1, 1, 1));
         assert!((c.f1().unwrap() - 4.0 / 6.0).abs() < 1e-12);
         assert!((c.accuracy() - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn precision_is_not_claimed_without_benign_rows() {
+        let c = Confusion::of(&[true, true, true], [true, false, true]);
+        assert!(c.precision().is_none());
+        assert!(c.f1().is_none());
+        assert!((c.recall().unwrap().0 - 2.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

@@ -427,6 +427,11 @@ impl Policy {
         self.checks.iter().any(|c| c.phase.includes(phase) && c.mode == CheckMode::Inline)
     }
 
+    /// True when some check runs a model (and so costs milliseconds, not microseconds).
+    pub fn has_model_checks(&self) -> bool {
+        self.checks.iter().any(|c| c.imp.scope() == Scope::Final)
+    }
+
     /// True when an async (monitoring-only) check reads `phase`.
     pub fn has_async_checks(&self, phase: Phase) -> bool {
         self.checks.iter().any(|c| c.phase.includes(phase) && c.mode == CheckMode::Async)

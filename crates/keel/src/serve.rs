@@ -3,25 +3,38 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use keel_gateway::{AppState, Upstreams};
-use keel_policy::Policy;
+use keel_gateway::{AppState, LocalModelServer, UpstreamConfig, Upstreams, LOCAL_MODEL_ID};
+use keel_policy::{Models, Policy, DEFAULT_PACK};
 use keel_store::{AuditEntry, Store, Writer, WriterConfig, WriterHandle, WriterSummary};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
-
-/// The built-in default policy pack.
-pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.toml");
+use crate::config::{self, Config};
+use crate::models;
 
 /// Loads the policy file, or the built-in pack when none is named.
-pub fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<(Policy, String)> {
+pub fn load_policy(path: Option<&std::path::Path>, models: &Models) -> anyhow::Result<(Policy, String)> {
     match path {
-        Some(path) => Ok((Policy::load(path)?, path.display().to_string())),
-        None => Ok((Policy::parse("<built-in policies/default.toml>", DEFAULT_POLICY)?, "built-in".to_string())),
+        Some(path) => Ok((Policy::load_with(path, models)?, path.display().to_string())),
+        None => Ok((Policy::parse_with("<built-in policies/default.toml>", DEFAULT_PACK, models)?, "built-in".to_string())),
     }
+}
+
+/// Loads the models a policy file needs (the embedder for semantic and classifier checks),
+/// fetching the pinned ones on first use.
+pub async fn models_for(path: Option<&std::path::Path>) -> anyhow::Result<Models> {
+    let Some(path) = path else { return Ok(Models::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the policy file", path.display()))?;
+    if !Policy::needs_embedder(&path.display().to_string(), &text)? {
+        return Ok(Models::default());
+    }
+    let home = config::keel_home();
+    let paths = keel_models::ModelPaths::from_env().unwrap_or_else(|| keel_models::ModelPaths::in_models_dir(&keel_models::models_dir(&home)));
+    let loaded = models::load_embedding(&paths, &home).await?;
+    Ok(Models { embedder: Some(loaded.embedder), classifier: Some(loaded.classifier) })
 }
 
 /// A gateway that is listening.
@@ -35,6 +48,8 @@ pub struct RunningGateway {
     writer: WriterHandle,
     writer_task: JoinHandle<WriterSummary>,
     policy_path: Option<std::path::PathBuf>,
+    models: Models,
+    local_servers: Vec<LocalModelServer>,
 }
 
 impl RunningGateway {
@@ -46,6 +61,12 @@ impl RunningGateway {
             Ok(Err(e)) => tracing::error!(error = %e, "server error"),
             Err(e) => tracing::error!(error = %e, "server task failed"),
         }
+        // Answered requests may still run async checks before they are stored.
+        self.state.tasks().close();
+        self.state.tasks().wait().await;
+        for server in &self.local_servers {
+            server.stop();
+        }
         self.writer.close().await;
         drop(self.state);
         let summary = self.writer_task.await.context("the store writer failed")?;
@@ -56,7 +77,7 @@ impl RunningGateway {
     pub async fn wait_for_signal_then_shutdown(self) -> anyhow::Result<WriterSummary> {
         let reload_state = self.state.clone();
         let policy_path = self.policy_path.clone();
-        wait_for_shutdown_signal(reload_state, policy_path).await;
+        wait_for_shutdown_signal(reload_state, policy_path, self.models.clone()).await;
         tracing::info!("shutting down: finishing in-flight requests and writing every record");
         self.shutdown().await
     }
@@ -64,7 +85,8 @@ impl RunningGateway {
 
 /// Starts a gateway for `config` and returns once it listens.
 pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
-    let (policy, policy_source) = load_policy(config.policy.as_deref())?;
+    let models = models_for(config.policy.as_deref()).await?;
+    let (policy, policy_source) = load_policy(config.policy.as_deref(), &models)?;
     let store: Arc<dyn Store> = keel_store::resolve(&config.store)
         .await
         .with_context(|| format!("cannot open the store {}", keel_store::redact_url(&config.store)))?;
@@ -82,7 +104,30 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
         .await?;
     writer.record_audit(policy_loaded(&policy, &policy_source)).await?;
 
-    let upstreams = Upstreams::new(config.upstreams.clone()).context("cannot build the upstream HTTP client")?;
+    let mut upstream_configs = config.upstreams.clone();
+    let mut local_servers = Vec::new();
+    for local in &config.local_upstreams {
+        let home = config::keel_home();
+        let paths = match &local.gguf {
+            Some(gguf) => keel_models::ModelPaths::in_models_dir(&keel_models::models_dir(&home)).with_llm_gguf(gguf),
+            None => keel_models::ModelPaths::from_env()
+                .unwrap_or_else(|| keel_models::ModelPaths::in_models_dir(&keel_models::models_dir(&home))),
+        };
+        let llm = models::load_llm(&paths, &home).await?;
+        let server = keel_gateway::spawn_local_model(llm, LOCAL_MODEL_ID, local.queue).await?;
+        tracing::info!(upstream = %local.name, model = LOCAL_MODEL_ID, "serving the local model");
+        upstream_configs.push(UpstreamConfig {
+            name: local.name.clone(),
+            base_url: server.base_url(),
+            api_key: None,
+            models: vec![LOCAL_MODEL_ID.to_string()],
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(600),
+            max_retries: 0,
+        });
+        local_servers.push(server);
+    }
+    let upstreams = Upstreams::new(upstream_configs).context("cannot build the upstream HTTP client")?;
     upstreams.discover().await;
     let state = AppState::new(config.gateway.clone(), Arc::new(policy), upstreams, store, writer.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -98,7 +143,17 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
             })
             .await
     });
-    Ok(RunningGateway { addr, state, server, shutdown, writer, writer_task, policy_path: config.policy.clone() })
+    Ok(RunningGateway {
+        addr,
+        state,
+        server,
+        shutdown,
+        writer,
+        writer_task,
+        policy_path: config.policy.clone(),
+        models,
+        local_servers,
+    })
 }
 
 fn policy_loaded(policy: &Policy, source: &str) -> AuditEntry {
@@ -114,7 +169,7 @@ fn policy_loaded(policy: &Policy, source: &str) -> AuditEntry {
 }
 
 /// Waits for Ctrl-C or SIGTERM; on SIGHUP reloads the policy (a bad file keeps the old one).
-async fn wait_for_shutdown_signal(state: AppState, policy_path: Option<std::path::PathBuf>) {
+async fn wait_for_shutdown_signal(state: AppState, policy_path: Option<std::path::PathBuf>, models: Models) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -126,20 +181,20 @@ async fn wait_for_shutdown_signal(state: AppState, policy_path: Option<std::path
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = term.recv() => return,
-                _ = hup.recv() => reload(&state, policy_path.as_deref()).await,
+                _ = hup.recv() => reload(&state, policy_path.as_deref(), &models).await,
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (state, policy_path);
+        let _ = (state, policy_path, models);
         let _ = tokio::signal::ctrl_c().await;
     }
 }
 
 /// Replaces the running policy with the file's current content, if it is valid.
-pub async fn reload(state: &AppState, path: Option<&std::path::Path>) {
-    match load_policy(path) {
+pub async fn reload(state: &AppState, path: Option<&std::path::Path>, models: &Models) {
+    match load_policy(path, models) {
         Ok((policy, source)) => {
             tracing::info!(policy = %policy.reference(), "policy reloaded");
             state.audit(policy_loaded(&policy, &source)).await;

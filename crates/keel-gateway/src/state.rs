@@ -154,11 +154,19 @@ impl AppState {
     }
 
     /// Queues an interaction for storage; a closed writer (shutdown) is logged, not fatal.
+    ///
+    /// The hand-over runs in a tracked task: a client that disconnects while the queue is full
+    /// cancels its request, but never the record of an upstream call already made. The caller
+    /// still waits for the hand-over, so a full queue slows requests down (backpressure).
     pub async fn record(&self, interaction: Interaction, handoff: Option<HandoffRequest>) {
-        let id = interaction.id;
-        if let Err(e) = self.inner.writer.record_interaction(interaction, handoff).await {
-            tracing::error!(interaction = %id, error = %e, "interaction not stored");
-        }
+        let writer = self.inner.writer.clone();
+        let handover = self.inner.tasks.spawn(async move {
+            let id = interaction.id;
+            if let Err(e) = writer.record_interaction(interaction, handoff).await {
+                tracing::error!(interaction = %id, error = %e, "interaction not stored");
+            }
+        });
+        let _ = handover.await;
     }
 
     /// Queues an audit entry; a closed writer is logged.

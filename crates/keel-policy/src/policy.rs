@@ -167,7 +167,7 @@ impl Policy {
 
     /// Compiles policy `text`, naming `file` in errors (without model-based checks).
     pub fn parse(file: &str, text: &str) -> Result<Policy, SourceError> {
-        Policy::parse_with(file, &text, &Models::default())
+        Policy::parse_with(file, text, &Models::default())
     }
 
     /// Compiles policy `text` with `models` for model-based checks, naming `file` in errors.

@@ -124,12 +124,30 @@ fn upstream(listen: SocketAddr, delay_ms: u64, threads: Option<usize>, exit_afte
             .with_context(|| format!("cannot listen on {listen}"))?;
         println!("{}", server.base_url());
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated() => {}
             _ = tokio::time::sleep(Duration::from_secs(exit_after)) => eprintln!("upstream: exiting after {exit_after} s"),
         }
+        // bench/load.sh compares this with the interactions Keel stored.
+        eprintln!("upstream: served {} chat requests", server.served());
         server.stop();
         Ok(())
     })
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Validated `run` arguments.
@@ -148,7 +166,9 @@ impl Plan {
         let url = reqwest::Url::parse(&args.url).with_context(|| format!("--url `{}` is not a URL", args.url))?;
         let loopback = match url.host_str() {
             Some("localhost") => true,
-            Some(host) => host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+            Some(host) => {
+                host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
             None => false,
         };
         if !loopback || url.scheme() != "http" {
@@ -429,7 +449,8 @@ impl Percentiles {
             let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
             ms(values[rank - 1])
         };
-        let mean = if values.is_empty() { 0.0 } else { values.iter().map(|d| ms(*d)).sum::<f64>() / values.len() as f64 };
+        let mean =
+            if values.is_empty() { 0.0 } else { values.iter().map(|d| ms(*d)).sum::<f64>() / values.len() as f64 };
         Percentiles { p50: at(0.50), p90: at(0.90), p99: at(0.99), p999: at(0.999), max: at(1.0), mean }
     }
 
@@ -476,7 +497,10 @@ impl Report {
         let l = &self.latency_ms;
         let stream = if self.stream { "stream" } else { "json" };
         println!("{} {} rate={}/s duration={}s", self.label, self.url, self.rate, self.duration_s);
-        println!("{:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}", "count", "errors", "achieved", "p50", "p90", "p99", "p99.9", "max", "mode");
+        println!(
+            "{:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "count", "errors", "achieved", "p50", "p90", "p99", "p99.9", "max", "mode"
+        );
         println!(
             "{:>8} {:>7} {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8}",
             self.count, self.errors, self.achieved_rps, l.p50, l.p90, l.p99, l.p999, l.max, stream

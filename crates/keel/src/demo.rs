@@ -13,7 +13,10 @@ use crate::config::{self, Config, Overrides};
 use crate::serve;
 
 /// The model id of the built-in scripted support model.
-pub const DEMO_MODEL: &str = "scripted-support-1";
+pub const SCRIPTED_MODEL: &str = "scripted-support-1";
+
+/// The demo's policy: the default pack plus model-based checks.
+const DEMO_POLICY: &str = include_str!("../../../policies/support-demo.toml");
 
 struct Scenario {
     title: &'static str,
@@ -46,23 +49,50 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// Scenarios that need the model-based checks of the demo policy.
+const MODEL_SCENARIOS: &[Scenario] = &[
+    Scenario {
+        title: "recall topic, semantic check (EN)",
+        prompt: "Is my XR-200 blender still safe to use after the recall?",
+        stream: false,
+    },
+    Scenario { title: "recall topic, semantic check (JA)", prompt: "XR-200はリコール対象でしょうか？", stream: false },
+    Scenario { title: "a nearby but allowed question (EN)", prompt: "How should I clean my XR-200 blender?", stream: true },
+];
+
 /// Runs the demo; returns after the scenarios when `exit` is set, else serves until Ctrl-C.
-pub async fn run(listen: Option<String>, store: Option<String>, exit: bool) -> anyhow::Result<()> {
-    let upstream = keel_scripted_upstream::spawn(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        Script::support_demo(),
-        Options { models: vec![DEMO_MODEL.into()], chunk_chars: 6, ..Options::default() },
-    )
-    .await
-    .context("cannot start the built-in demo model")?;
+/// With `scripted`, the upstream is the scripted support model and the policy the default
+/// pack (no models needed); otherwise the local LLM and the demo policy with model checks.
+pub async fn run(listen: Option<String>, store: Option<String>, exit: bool, scripted: bool) -> anyhow::Result<()> {
+    let scripted_upstream = if scripted {
+        Some(
+            keel_scripted_upstream::spawn(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                Script::support_demo(),
+                Options { models: vec![SCRIPTED_MODEL.into()], chunk_chars: 6, ..Options::default() },
+            )
+            .await
+            .context("cannot start the built-in scripted model")?,
+        )
+    } else {
+        None
+    };
     let store = match store {
         Some(url) => url,
         None => config::default_store_url("demo.db")?,
     };
+    let (upstream_url, policy, model) = match &scripted_upstream {
+        Some(upstream) => (upstream.base_url(), None, SCRIPTED_MODEL),
+        None => {
+            let path = config::keel_home().join("support-demo.toml");
+            std::fs::write(&path, DEMO_POLICY).with_context(|| format!("cannot write {}", path.display()))?;
+            ("local".to_string(), Some(path), keel_gateway::LOCAL_MODEL_ID)
+        }
+    };
     let overrides = Overrides {
         listen: Some(listen.unwrap_or_else(|| "127.0.0.1:8080".into())),
-        upstream: Some(upstream.base_url()),
-        policy: None,
+        upstream: Some(upstream_url),
+        policy,
         store: Some(store.clone()),
     };
     let mut config: Config = config::load(None, overrides)?;
@@ -87,8 +117,9 @@ pub async fn run(listen: Option<String>, store: Option<String>, exit: bool) -> a
     drop(out);
 
     let client = reqwest::Client::new();
-    for (n, scenario) in SCENARIOS.iter().enumerate() {
-        let report = send(&client, &base, scenario).await?;
+    let extra = if scripted { &[][..] } else { MODEL_SCENARIOS };
+    for (n, scenario) in SCENARIOS.iter().chain(extra).enumerate() {
+        let report = send(&client, &base, scenario, model).await?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}. {}\n{}", n + 1, scenario.title, report)?;
     }
@@ -100,18 +131,23 @@ pub async fn run(listen: Option<String>, store: Option<String>, exit: bool) -> a
     if exit {
         drop(out);
         gateway.shutdown().await?;
-        upstream.stop();
+        if let Some(upstream) = scripted_upstream {
+            upstream.stop();
+        }
         return Ok(());
     }
-    writeln!(out, "\nKeel is running at {base}/v1 (model `{DEMO_MODEL}`). Try:\n  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{DEMO_MODEL}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the warranty?\"}}]}}'\nPress Ctrl-C to stop.")?;
+    writeln!(out, "\nKeel is running at {base}/v1 (model `{model}`). Try:\n  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the warranty?\"}}]}}'\nPress Ctrl-C to stop.")?;
     drop(out);
     gateway.wait_for_signal_then_shutdown().await?;
-    upstream.stop();
+    if let Some(upstream) = scripted_upstream {
+        upstream.stop();
+    }
     Ok(())
 }
 
-async fn send(client: &reqwest::Client, base: &str, scenario: &Scenario) -> anyhow::Result<String> {
-    let body = json!({"model": DEMO_MODEL, "stream": scenario.stream, "messages": [{"role": "user", "content": scenario.prompt}]});
+async fn send(client: &reqwest::Client, base: &str, scenario: &Scenario, model: &str) -> anyhow::Result<String> {
+    let body = json!({"model": model, "stream": scenario.stream, "max_tokens": 80,
+                      "messages": [{"role": "user", "content": scenario.prompt}]});
     let response = client.post(format!("{base}/v1/chat/completions")).json(&body).send().await?;
     let id = header(&response, "x-keel-interaction-id");
     let status = response.status();
@@ -126,7 +162,16 @@ async fn send(client: &reqwest::Client, base: &str, scenario: &Scenario) -> anyh
         let value: Value = response.json().await?;
         value["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string()
     };
-    let detail: Value = client.get(format!("{base}/api/interactions/{id}")).send().await?.json().await?;
+    // Async checks run after the answer, so the record may land a moment later.
+    let mut detail = Value::Null;
+    for _ in 0..100 {
+        let response = client.get(format!("{base}/api/interactions/{id}")).send().await?;
+        if response.status().is_success() {
+            detail = response.json().await?;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let mut report = format!(
         "   user:      {}\n   answer:    {}{}\n",
         scenario.prompt,
@@ -159,6 +204,14 @@ async fn send(client: &reqwest::Client, base: &str, scenario: &Scenario) -> anyh
             d["action"].as_str().unwrap_or("?"),
             d["reason"].as_str().unwrap_or(""),
             if evidence.is_empty() { String::new() } else { format!("; evidence: {}", evidence.join("; ")) }
+        ));
+    }
+    for c in detail["interaction"]["checks"].as_array().into_iter().flatten().filter(|c| c["mode"] == "async") {
+        report.push_str(&format!(
+            "   async  ↳ {} score {:.3} (monitoring only, after the answer){}\n",
+            c["check"].as_str().unwrap_or("?"),
+            c["score"].as_f64().unwrap_or(0.0),
+            c["detail"].as_str().map(|d| format!(": {d}")).unwrap_or_default()
         ));
     }
     Ok(report)

@@ -57,6 +57,9 @@ enum Command {
         /// Exit after the demo requests instead of serving.
         #[arg(long)]
         exit: bool,
+        /// Use the built-in scripted support model and the default pack (no local models).
+        #[arg(long)]
+        scripted: bool,
     },
     /// Policy files.
     Policy {
@@ -193,8 +196,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             tracing::info!(written = summary.written, "stopped");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { listen, store, exit } => {
-            demo::run(listen, store, exit).await?;
+        Command::Demo { listen, store, exit, scripted } => {
+            demo::run(listen, store, exit, scripted).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command: PolicyCommand::Check { file } } => {

@@ -97,7 +97,7 @@ async fn demo_decides_explains_and_leaves_a_verifiable_chain_that_detects_tamper
     let home = tempfile::tempdir().unwrap();
     let db = home.path().join("demo.db");
     let store = format!("sqlite://{}", db.display());
-    let out = keel(&["demo", "--exit", "--listen", "127.0.0.1:0", "--store", &store], home.path());
+    let out = keel(&["demo", "--scripted", "--exit", "--listen", "127.0.0.1:0", "--store", &store], home.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     for expected in [
@@ -136,7 +136,7 @@ async fn audit_verify_detects_deleted_and_swapped_records() {
         let home = tempfile::tempdir().unwrap();
         let db = home.path().join("demo.db");
         let store = format!("sqlite://{}", db.display());
-        assert!(keel(&["demo", "--exit", "--listen", "127.0.0.1:0", "--store", &store], home.path()).status.success());
+        assert!(keel(&["demo", "--scripted", "--exit", "--listen", "127.0.0.1:0", "--store", &store], home.path()).status.success());
         tamper(&db, sql).await;
         let out = keel(&["audit", "verify", "--store", &store], home.path());
         assert_eq!(out.status.code(), Some(2), "{sql}");

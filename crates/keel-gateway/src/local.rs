@@ -120,7 +120,7 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Res
         Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
     };
-    if shared.waiting.fetch_add(1, Ordering::SeqCst) >= shared.queue + 1 {
+    if shared.waiting.fetch_add(1, Ordering::SeqCst) >= shared.queue {
         shared.waiting.fetch_sub(1, Ordering::SeqCst);
         let error = ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,

@@ -207,8 +207,8 @@ impl Record {
 
 /// Runs CPU-heavy judging (model-based checks) without stalling the runtime's other tasks.
 fn blocking<R>(heavy: bool, work: impl FnOnce() -> R) -> R {
-    let multi_thread =
-        tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if heavy && multi_thread {
         tokio::task::block_in_place(work)
     } else {

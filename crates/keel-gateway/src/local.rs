@@ -60,12 +60,15 @@ impl LocalModelServer {
 pub async fn spawn_local_model(llm: Arc<LocalLlm>, model_id: &str, queue: usize) -> std::io::Result<LocalModelServer> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = listener.local_addr()?;
-    let shared =
-        Arc::new(Shared { llm, model_id: model_id.to_string(), permit: Arc::new(Semaphore::new(1)), waiting: AtomicUsize::new(0), queue });
-    let app = Router::new()
-        .route("/v1/models", get(models))
-        .route("/v1/chat/completions", post(chat))
-        .with_state(shared);
+    let shared = Arc::new(Shared {
+        llm,
+        model_id: model_id.to_string(),
+        permit: Arc::new(Semaphore::new(1)),
+        waiting: AtomicUsize::new(0),
+        queue,
+    });
+    let app =
+        Router::new().route("/v1/models", get(models)).route("/v1/chat/completions", post(chat)).with_state(shared);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "local model server stopped");
@@ -75,7 +78,9 @@ pub async fn spawn_local_model(llm: Arc<LocalLlm>, model_id: &str, queue: usize)
 }
 
 async fn models(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [{"id": shared.model_id, "object": "model", "created": 0, "owned_by": "keel-local"}]}))
+    Json(
+        json!({"object": "list", "data": [{"id": shared.model_id, "object": "model", "created": 0, "owned_by": "keel-local"}]}),
+    )
 }
 
 /// The request fields the local model honours; the rest are ignored, as OpenAI servers do.
@@ -170,7 +175,9 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Res
             return;
         }
         // A closed channel means the client went away: stop generating.
-        let result = llm.generate(&messages, &params, &mut |piece| tx.blocking_send(chunk(json!({"content": piece}), Value::Null)).is_ok());
+        let result = llm.generate(&messages, &params, &mut |piece| {
+            tx.blocking_send(chunk(json!({"content": piece}), Value::Null)).is_ok()
+        });
         match result {
             Ok(g) => {
                 let _ = tx.blocking_send(chunk(json!({}), json!(g.finish_reason)));
@@ -188,7 +195,8 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Res
         }
         let _ = tx.blocking_send(Bytes::from_static(b"data: [DONE]\n\n"));
     });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
+    let body =
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
     let mut response = body.into_response();
     response.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
     response

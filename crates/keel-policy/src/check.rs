@@ -198,9 +198,7 @@ impl SemanticCheck {
     }
 
     fn closest<'e>(set: &'e [(String, Vec<f32>)], vector: &[f32]) -> Option<(&'e str, f64)> {
-        set.iter()
-            .map(|(text, v)| (text.as_str(), similarity(v, vector)))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
+        set.iter().map(|(text, v)| (text.as_str(), similarity(v, vector))).max_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
 
@@ -224,7 +222,12 @@ impl Check for SemanticCheck {
             }
         }
         let findings = if score >= self.threshold && score > 0.0 {
-            vec![Finding { kind: "semantic_match".into(), span: Span::new(0, text.len()), message: None, detail: Some(detail.clone()) }]
+            vec![Finding {
+                kind: "semantic_match".into(),
+                span: Span::new(0, text.len()),
+                message: None,
+                detail: Some(detail.clone()),
+            }]
         } else {
             Vec::new()
         };
@@ -249,7 +252,11 @@ impl Check for ClassifierCheck {
         }
         let vector = input.embedding(self.embedder.as_ref())?;
         let score = f64::from(self.classifier.score(vector)).clamp(0.0, 1.0);
-        Ok(CheckOutput { score, findings: Vec::new(), detail: Some(format!("classifier probability of injection {score:.3}")) })
+        Ok(CheckOutput {
+            score,
+            findings: Vec::new(),
+            detail: Some(format!("classifier probability of injection {score:.3}")),
+        })
     }
 
     fn scope(&self) -> Scope {

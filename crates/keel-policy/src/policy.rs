@@ -16,7 +16,9 @@ use thiserror::Error;
 
 use crate::check::{self, Check, CheckError, CheckInput, Scope};
 use crate::expr::{self, ContextVar, Env, Expr, Field};
-use crate::file::{CheckConfig, LocalizedText, Messages, OnCheckError, PhaseSelector, PolicyFile, DEFAULT_STREAM_WINDOW};
+use crate::file::{
+    CheckConfig, LocalizedText, Messages, OnCheckError, PhaseSelector, PolicyFile, DEFAULT_STREAM_WINDOW,
+};
 use crate::source::{FieldPath, SourceError, TomlSource};
 use crate::text::{redact, Lang};
 
@@ -198,13 +200,18 @@ impl Policy {
         let base = match raw.extends.as_deref() {
             None => None,
             Some(_) if depth >= MAX_EXTENDS_DEPTH => {
-                return Err(source.error_at(&FieldPath::key("extends"), "policies extend each other too deeply (a cycle?)"))
+                return Err(
+                    source.error_at(&FieldPath::key("extends"), "policies extend each other too deeply (a cycle?)")
+                )
             }
-            Some("default") => Some(Policy::parse_at_depth("<built-in default pack>", DEFAULT_PACK, models, depth + 1)?),
+            Some("default") => {
+                Some(Policy::parse_at_depth("<built-in default pack>", DEFAULT_PACK, models, depth + 1)?)
+            }
             Some(relative) => {
                 let path = Path::new(file).parent().unwrap_or(Path::new(".")).join(relative);
-                let base = Policy::load_at_depth(&path, models, depth + 1)
-                    .map_err(|e| source.error_at(&FieldPath::key("extends"), format!("cannot use the base policy: {e}")))?;
+                let base = Policy::load_at_depth(&path, models, depth + 1).map_err(|e| {
+                    source.error_at(&FieldPath::key("extends"), format!("cannot use the base policy: {e}"))
+                })?;
                 Some(base)
             }
         };
@@ -234,7 +241,9 @@ impl Policy {
         let messages = match (raw.messages, &base) {
             (Some(messages), _) => messages,
             (None, Some(base)) => base.messages.clone(),
-            (None, None) => return Err(source.error_at(&FieldPath::default(), "missing [messages] (block and escalate replies)")),
+            (None, None) => {
+                return Err(source.error_at(&FieldPath::default(), "missing [messages] (block and escalate replies)"))
+            }
         };
         for (key, text) in [("block", &messages.block), ("escalate", &messages.escalate)] {
             if text.en.trim().is_empty() {
@@ -440,9 +449,9 @@ impl Policy {
     /// True when an inline output check needs the complete answer, so a stream is held back
     /// entirely until it ends.
     pub fn holds_whole_answer(&self) -> bool {
-        self.checks.iter().any(|c| {
-            c.phase.includes(Phase::Output) && c.mode == CheckMode::Inline && c.imp.scope() == Scope::Final
-        })
+        self.checks
+            .iter()
+            .any(|c| c.phase.includes(Phase::Output) && c.mode == CheckMode::Inline && c.imp.scope() == Scope::Final)
     }
 
     /// A human-readable summary for `keel policy check`.

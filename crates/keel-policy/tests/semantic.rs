@@ -20,7 +20,10 @@ fn models() -> Option<Models> {
         return None;
     }
     let embedder = MiniLmEmbedder::load(&dir).unwrap();
-    Some(Models { embedder: Some(Arc::new(embedder)), classifier: Some(Arc::new(InjectionClassifier::load_builtin().unwrap())) })
+    Some(Models {
+        embedder: Some(Arc::new(embedder)),
+        classifier: Some(Arc::new(InjectionClassifier::load_builtin().unwrap())),
+    })
 }
 
 fn demo_policy(models: &Models) -> Policy {
@@ -52,7 +55,10 @@ fn the_recall_topic_check_decides_the_labelled_set() {
         let judged = policy.judge(Phase::Input, &[TextPart { message: Some(0), text }], &ctx);
         let semantic = judged.results.iter().find(|r| r.check == "recall_topic").unwrap();
         let escalated = judged.decision.rule.as_deref() == Some("escalate-recall-questions");
-        assert!(semantic.detail.as_deref().unwrap_or("").contains("closest exemplar"), "the explanation names the exemplar");
+        assert!(
+            semantic.detail.as_deref().unwrap_or("").contains("closest exemplar"),
+            "the explanation names the exemplar"
+        );
         if escalated != *recall {
             wrong.push(format!("{text}: expected {recall}, {}", semantic.detail.clone().unwrap_or_default()));
         } else if *recall {

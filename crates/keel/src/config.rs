@@ -271,7 +271,8 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
             }
             if u.local {
                 if u.base_url.is_some() {
-                    bail!(source.error_at(&at.field("base_url"), "a local upstream has no base_url (remove one of the two)"));
+                    bail!(source
+                        .error_at(&at.field("base_url"), "a local upstream has no base_url (remove one of the two)"));
                 }
                 if let Some(gguf) = &u.gguf {
                     if !gguf.is_file() {
@@ -446,7 +447,8 @@ mod tests {
 
     #[test]
     fn local_upstreams_are_validated() {
-        let err = parse("[[upstreams]]\nname = \"a\"\nlocal = true\nbase_url = \"http://x/v1\"\n").unwrap_err().to_string();
+        let err =
+            parse("[[upstreams]]\nname = \"a\"\nlocal = true\nbase_url = \"http://x/v1\"\n").unwrap_err().to_string();
         assert!(err.starts_with("keel.toml:4:12: upstreams[0].base_url: a local upstream has no base_url"), "{err}");
         let err = parse("[[upstreams]]\nname = \"a\"\n").unwrap_err().to_string();
         assert!(err.contains("set base_url (an OpenAI-compatible server) or local = true"), "{err}");

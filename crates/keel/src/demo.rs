@@ -56,8 +56,14 @@ const MODEL_SCENARIOS: &[Scenario] = &[
         prompt: "Is my XR-200 blender still safe to use after the recall?",
         stream: false,
     },
-    Scenario { title: "recall topic, semantic check (JA)", prompt: "XR-200はリコール対象でしょうか？", stream: false },
-    Scenario { title: "a nearby but allowed question (EN)", prompt: "How should I clean my XR-200 blender?", stream: true },
+    Scenario {
+        title: "recall topic, semantic check (JA)", prompt: "XR-200はリコール対象でしょうか？", stream: false
+    },
+    Scenario {
+        title: "a nearby but allowed question (EN)",
+        prompt: "How should I clean my XR-200 blender?",
+        stream: true,
+    },
 ];
 
 /// Runs the demo; returns after the scenarios when `exit` is set, else serves until Ctrl-C.

@@ -38,7 +38,10 @@ pub fn specs(names: &[String]) -> anyhow::Result<Vec<&'static ModelSpec>> {
 pub fn list(home: &Path) -> anyhow::Result<String> {
     let installed = keel_models::list(home)?;
     if installed.is_empty() {
-        return Ok(format!("no models installed in {}; run `keel models pull`\n", keel_models::models_dir(home).display()));
+        return Ok(format!(
+            "no models installed in {}; run `keel models pull`\n",
+            keel_models::models_dir(home).display()
+        ));
     }
     let mut out = format!("{:<26} {:<8} {:>9}  {:<30} {}\n", "model", "version", "size", "licence", "directory");
     for m in installed {
@@ -71,7 +74,8 @@ pub async fn load_embedding(paths: &ModelPaths, home: &Path) -> anyhow::Result<E
     }
     let dir = paths.embedder_dir.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<Embedding> {
-        let embedder = MiniLmEmbedder::load(&dir).with_context(|| format!("cannot load the embedder from {}", dir.display()))?;
+        let embedder =
+            MiniLmEmbedder::load(&dir).with_context(|| format!("cannot load the embedder from {}", dir.display()))?;
         let classifier = InjectionClassifier::load_builtin()?;
         Ok(Embedding { embedder: Arc::new(embedder), classifier: Arc::new(classifier) })
     })

@@ -19,7 +19,9 @@ use crate::models;
 pub fn load_policy(path: Option<&std::path::Path>, models: &Models) -> anyhow::Result<(Policy, String)> {
     match path {
         Some(path) => Ok((Policy::load_with(path, models)?, path.display().to_string())),
-        None => Ok((Policy::parse_with("<built-in policies/default.toml>", DEFAULT_PACK, models)?, "built-in".to_string())),
+        None => {
+            Ok((Policy::parse_with("<built-in policies/default.toml>", DEFAULT_PACK, models)?, "built-in".to_string()))
+        }
     }
 }
 
@@ -27,12 +29,14 @@ pub fn load_policy(path: Option<&std::path::Path>, models: &Models) -> anyhow::R
 /// fetching the pinned ones on first use.
 pub async fn models_for(path: Option<&std::path::Path>) -> anyhow::Result<Models> {
     let Some(path) = path else { return Ok(Models::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the policy file", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the policy file", path.display()))?;
     if !Policy::needs_embedder(&path.display().to_string(), &text)? {
         return Ok(Models::default());
     }
     let home = config::keel_home();
-    let paths = keel_models::ModelPaths::from_env().unwrap_or_else(|| keel_models::ModelPaths::in_models_dir(&keel_models::models_dir(&home)));
+    let paths = keel_models::ModelPaths::from_env()
+        .unwrap_or_else(|| keel_models::ModelPaths::in_models_dir(&keel_models::models_dir(&home)));
     let loaded = models::load_embedding(&paths, &home).await?;
     Ok(Models { embedder: Some(loaded.embedder), classifier: Some(loaded.classifier) })
 }

@@ -14,6 +14,7 @@ use keel_core::{
     Tokens,
 };
 use sqlx::migrate::Migrator;
+use sqlx::query_builder::Separated;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -45,6 +46,16 @@ const SUMMARY_COLUMNS: &str = "id, created_at, app, model, decision, policy_name
     policy_version, outcome, http_status, upstream_ms, overhead_us, total_ms, checks_hit";
 
 const AUDIT_COLUMNS: &str = "seq, at, actor, action, payload, payload_hash, prev_hash, hash";
+
+const CHECK_HIT_COLUMNS: &str = "interaction_id, ord, phase, check_name, score, hit";
+
+const HANDOFF_COLUMNS: &str = "interaction_id, app, created_at, reason";
+
+/// Most values one statement may bind: `SQLITE_MAX_VARIABLE_NUMBER` of the bundled SQLite.
+///
+/// Going over it is a prepare error that looks like a transient one, so every multi-row
+/// INSERT is cut into statements that stay at or under it.
+const MAX_BOUND_PARAMETERS: usize = 32_766;
 
 /// Keel's store in one SQLite file (or in memory, for tests).
 pub struct SqliteStore {
@@ -117,60 +128,6 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-
-    async fn insert_interaction(tx: &mut Transaction<'static, Sqlite>, row: &InteractionRow<'_>) -> Result<()> {
-        let i = row.interaction;
-        sqlx::query(
-            "INSERT INTO interactions (id, created_at, app, model, stream, request_text, \
-             request_sha256, response_text, response_sha256, outcome, http_status, error, \
-             upstream_ms, overhead_us, total_ms, prompt_tokens, completion_tokens, policy_name, \
-             policy_version, decision, decisions, checks, checks_hit) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(i.id.to_string())
-        .bind(row.created_at)
-        .bind(&i.app)
-        .bind(&i.model)
-        .bind(i.stream)
-        .bind(i.request.text.as_deref())
-        .bind(&i.request.sha256)
-        .bind(i.response.text.as_deref())
-        .bind(&i.response.sha256)
-        .bind(i.outcome.as_str())
-        .bind(i64::from(i.http_status))
-        .bind(i.error.as_deref())
-        .bind(i.timings.upstream_ms)
-        .bind(row.overhead_us)
-        .bind(i.timings.total_ms)
-        .bind(row.prompt_tokens)
-        .bind(row.completion_tokens)
-        .bind(&i.policy.name)
-        .bind(&i.policy.version)
-        .bind(i.decision.as_str())
-        .bind(&row.decisions)
-        .bind(&row.checks)
-        .bind(&row.checks_hit)
-        .execute(&mut **tx)
-        .await
-        .map_err(db("storing an interaction"))?;
-
-        for (ord, check) in i.checks.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO check_hits (interaction_id, ord, phase, check_name, score, hit) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(i.id.to_string())
-            .bind(i64::try_from(ord).unwrap_or(i64::MAX))
-            .bind(check.phase.as_str())
-            .bind(&check.check)
-            .bind(check.score)
-            .bind(check.hit)
-            .execute(&mut **tx)
-            .await
-            .map_err(db("storing check results"))?;
-        }
-        Ok(())
-    }
 }
 
 /// Maps a driver error to `StoreError::Database`, deciding whether a retry may help.
@@ -193,6 +150,58 @@ fn is_retryable(error: &sqlx::Error) -> bool {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => true,
         _ => false,
     }
+}
+
+/// Number of columns in a comma-separated column list.
+const fn column_count(columns: &str) -> usize {
+    let bytes = columns.as_bytes();
+    let mut count = 1;
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b',' {
+            count += 1;
+        }
+        at += 1;
+    }
+    count
+}
+
+/// Rows of `columns` that one INSERT can carry without going over the bound-parameter limit.
+const fn rows_per_insert(columns: &str) -> usize {
+    let per_row = column_count(columns);
+    if per_row >= MAX_BOUND_PARAMETERS {
+        1
+    } else {
+        MAX_BOUND_PARAMETERS / per_row
+    }
+}
+
+/// Inserts `rows` into `table` with one multi-row INSERT per `rows_per_insert(columns)`
+/// rows; `bind` pushes one row's values, in `columns` order.
+///
+/// Each statement is one trip to the driver's worker thread whatever its row count, which is
+/// what makes a batch cost a few statements instead of several per interaction. The SQL text
+/// depends on the row count, so it is not kept in the connection's statement cache: batches
+/// come in every size, and caching each would evict the reads' statements and hold large
+/// prepared statements on every connection for nothing. Preparing one costs far less than the
+/// round trips it replaces.
+async fn insert_rows<'a, T>(
+    tx: &mut Transaction<'static, Sqlite>,
+    table: &str,
+    columns: &str,
+    rows: &'a [T],
+    operation: &'static str,
+    mut bind: impl FnMut(&mut Separated<'_, 'a, Sqlite, &'static str>, &'a T) + Send,
+) -> Result<()>
+where
+    T: Sync,
+{
+    for chunk in rows.chunks(rows_per_insert(columns)) {
+        let mut insert = QueryBuilder::<Sqlite>::new(format!("INSERT INTO {table} ({columns}) "));
+        insert.push_values(chunk, |mut values, row| bind(&mut values, row));
+        insert.build().persistent(false).execute(&mut **tx).await.map_err(db(operation))?;
+    }
+    Ok(())
 }
 
 /// Unix nanoseconds of an instant, as stored in INTEGER time columns.
@@ -218,6 +227,7 @@ fn to_i64(value: u64, what: &str, field: &str) -> Result<i64> {
 /// An interaction with its fields converted to what the columns hold.
 struct InteractionRow<'a> {
     interaction: &'a Interaction,
+    id: String,
     created_at: i64,
     overhead_us: i64,
     prompt_tokens: Option<i64>,
@@ -233,6 +243,7 @@ impl<'a> InteractionRow<'a> {
         let json = |source| StoreError::Json { what: "an interaction", source };
         Ok(Self {
             interaction,
+            id: interaction.id.to_string(),
             created_at: to_nanos(interaction.created_at, || what.clone())?,
             overhead_us: to_i64(interaction.timings.overhead_us, &what, "overhead_us")?,
             prompt_tokens: interaction.tokens.prompt.map(|t| to_i64(t, &what, "prompt tokens")).transpose()?,
@@ -245,6 +256,28 @@ impl<'a> InteractionRow<'a> {
             checks: serde_json::to_string(&interaction.checks).map_err(json)?,
             checks_hit: serde_json::to_string(&checks_hit(interaction)).map_err(json)?,
         })
+    }
+}
+
+/// One `check_hits` row: a check's result within its interaction.
+struct CheckHitRow<'a> {
+    interaction_id: &'a str,
+    ord: i64,
+    check: &'a CheckResult,
+}
+
+/// A handoff request with its fields converted to what the columns hold.
+struct HandoffRow<'a> {
+    handoff: &'a HandoffRequest,
+    interaction_id: String,
+    created_at: i64,
+}
+
+impl<'a> HandoffRow<'a> {
+    fn new(handoff: &'a HandoffRequest) -> Result<Self> {
+        let created_at =
+            to_nanos(handoff.created_at, || format!("the handoff request for interaction {}", handoff.interaction_id))?;
+        Ok(Self { handoff, interaction_id: handoff.interaction_id.to_string(), created_at })
     }
 }
 
@@ -489,35 +522,70 @@ impl Store for SqliteStore {
         // Convert everything first: a value that cannot be stored fails before any I/O.
         check_entries(&batch.audit)?;
         let rows = batch.interactions.iter().map(InteractionRow::new).collect::<Result<Vec<_>>>()?;
-        let handoffs = batch
-            .handoffs
+        let check_hits: Vec<CheckHitRow<'_>> = rows
             .iter()
-            .map(|h| {
-                let at =
-                    to_nanos(h.created_at, || format!("the handoff request for interaction {}", h.interaction_id))?;
-                Ok((h, at))
+            .flat_map(|row| {
+                row.interaction.checks.iter().enumerate().map(|(ord, check)| CheckHitRow {
+                    interaction_id: &row.id,
+                    ord: i64::try_from(ord).unwrap_or(i64::MAX),
+                    check,
+                })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
+        let handoffs = batch.handoffs.iter().map(HandoffRow::new).collect::<Result<Vec<_>>>()?;
 
+        // A few statements per batch, whatever its size: each table's rows go in multi-row
+        // INSERTs. A row the database refuses fails the whole batch with a data error (not
+        // retryable), and the writer then stores the batch's items one by one.
         let _writer = self.write_lock.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("starting a write"))?;
 
-        for row in &rows {
-            Self::insert_interaction(&mut tx, row).await?;
-        }
-        for (h, created_at) in &handoffs {
-            sqlx::query(
-                "INSERT INTO handoffs (interaction_id, app, created_at, reason) \
-                 VALUES (?, ?, ?, ?)",
-            )
-            .bind(h.interaction_id.to_string())
-            .bind(&h.app)
-            .bind(created_at)
-            .bind(&h.reason)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("storing a handoff request"))?;
-        }
+        insert_rows(&mut tx, "interactions", INTERACTION_COLUMNS, &rows, "storing an interaction", |values, row| {
+            let i = row.interaction;
+            values
+                .push_bind(row.id.as_str())
+                .push_bind(row.created_at)
+                .push_bind(i.app.as_str())
+                .push_bind(i.model.as_str())
+                .push_bind(i.stream)
+                .push_bind(i.request.text.as_deref())
+                .push_bind(i.request.sha256.as_str())
+                .push_bind(i.response.text.as_deref())
+                .push_bind(i.response.sha256.as_str())
+                .push_bind(i.outcome.as_str())
+                .push_bind(i64::from(i.http_status))
+                .push_bind(i.error.as_deref())
+                .push_bind(i.timings.upstream_ms)
+                .push_bind(row.overhead_us)
+                .push_bind(i.timings.total_ms)
+                .push_bind(row.prompt_tokens)
+                .push_bind(row.completion_tokens)
+                .push_bind(i.policy.name.as_str())
+                .push_bind(i.policy.version.as_str())
+                .push_bind(i.decision.as_str())
+                .push_bind(row.decisions.as_str())
+                .push_bind(row.checks.as_str())
+                .push_bind(row.checks_hit.as_str());
+        })
+        .await?;
+        insert_rows(&mut tx, "check_hits", CHECK_HIT_COLUMNS, &check_hits, "storing check results", |values, row| {
+            values
+                .push_bind(row.interaction_id)
+                .push_bind(row.ord)
+                .push_bind(row.check.phase.as_str())
+                .push_bind(row.check.check.as_str())
+                .push_bind(row.check.score)
+                .push_bind(row.check.hit);
+        })
+        .await?;
+        insert_rows(&mut tx, "handoffs", HANDOFF_COLUMNS, &handoffs, "storing a handoff request", |values, row| {
+            values
+                .push_bind(row.interaction_id.as_str())
+                .push_bind(row.handoff.app.as_str())
+                .push_bind(row.created_at)
+                .push_bind(row.handoff.reason.as_str());
+        })
+        .await?;
 
         let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
@@ -525,23 +593,18 @@ impl Store for SqliteStore {
             .map_err(db("reading the end of the audit log"))?;
         let records =
             batch_records(last.as_ref().map(|(seq, hash)| (*seq, hash.as_str())), OffsetDateTime::now_utc(), &batch);
-        for r in &records {
-            sqlx::query(
-                "INSERT INTO audit_log (seq, at, actor, action, payload, payload_hash, \
-                 prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(r.seq)
-            .bind(format_at(r.at))
-            .bind(&r.actor)
-            .bind(&r.action)
-            .bind(&r.payload)
-            .bind(&r.payload_hash)
-            .bind(&r.prev_hash)
-            .bind(&r.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("appending to the audit log"))?;
-        }
+        insert_rows(&mut tx, "audit_log", AUDIT_COLUMNS, &records, "appending to the audit log", |values, r| {
+            values
+                .push_bind(r.seq)
+                .push_bind(format_at(r.at))
+                .push_bind(r.actor.as_str())
+                .push_bind(r.action.as_str())
+                .push_bind(r.payload.as_str())
+                .push_bind(r.payload_hash.as_str())
+                .push_bind(r.prev_hash.as_str())
+                .push_bind(r.hash.as_str());
+        })
+        .await?;
 
         tx.commit().await.map_err(db("committing a write"))?;
         Ok(records)
@@ -574,6 +637,23 @@ mod tests {
         let err = SqliteStore::open("postgres://u:p@h/db").await.unwrap_err();
         assert!(matches!(err, StoreError::UnsupportedUrl { .. }), "{err:?}");
         assert!(!err.to_string().contains(":p@"));
+    }
+
+    #[test]
+    fn inserts_are_cut_to_stay_within_the_bound_parameter_limit() {
+        let tables = [
+            (INTERACTION_COLUMNS, 23, 1_424),
+            (CHECK_HIT_COLUMNS, 6, 5_461),
+            (HANDOFF_COLUMNS, 4, 8_191),
+            (AUDIT_COLUMNS, 8, 4_095),
+        ];
+        for (columns, count, rows) in tables {
+            assert_eq!(column_count(columns), count, "{columns}");
+            assert_eq!(rows_per_insert(columns), rows, "{columns}");
+            assert!(rows * count <= MAX_BOUND_PARAMETERS);
+            assert!((rows + 1) * count > MAX_BOUND_PARAMETERS);
+        }
+        assert_eq!(column_count("only"), 1);
     }
 
     #[test]

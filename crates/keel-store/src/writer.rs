@@ -287,10 +287,10 @@ impl Task {
 
     /// Writes the items, retrying as long as the error is one a retry may get past.
     async fn write_with_retry(&self, items: &[Item]) -> Result<()> {
-        let batch = to_batch(items);
         let mut attempt: u32 = 0;
         loop {
-            match self.store.write_batch(batch.clone()).await {
+            // Built per attempt: the store takes the batch, and most writes need one attempt.
+            match self.store.write_batch(to_batch(items)).await {
                 Ok(_) => return Ok(()),
                 Err(error) if !error.is_retryable() => return Err(error),
                 Err(error) => {
@@ -547,6 +547,35 @@ mod tests {
         assert!(matches!(store.verify().await.unwrap(), VerifyReport::Ok { count: 5, .. }));
         drop(handle);
         assert_eq!(join.await.unwrap(), WriterSummary { written: 5, rejected: 1 });
+    }
+
+    #[tokio::test]
+    async fn a_row_sqlite_refuses_in_a_multi_row_insert_is_isolated_and_the_rest_are_written() {
+        let store = Arc::new(FlakyStore::new().await);
+        let stored_before = interaction();
+        store
+            .write_batch(WriteBatch { interactions: vec![stored_before.clone()], ..WriteBatch::default() })
+            .await
+            .unwrap();
+        let (handle, join) = Writer::spawn(store.clone(), slow_config());
+        let mut sent: Vec<Interaction> = (0..5).map(|_| interaction()).collect();
+        // The same id again: the primary key refuses it, inside the batch's one INSERT.
+        sent[3] = Interaction { app: "duplicate".to_owned(), ..stored_before.clone() };
+        for i in &sent {
+            handle.record_interaction(i.clone(), None).await.unwrap();
+        }
+        handle.flush().await.unwrap();
+
+        // The whole batch once, then each of its five items on its own.
+        assert_eq!(store.calls.load(Ordering::SeqCst), 1 + 1 + 5);
+        assert_eq!(handle.rejected(), 1);
+        for (n, i) in sent.iter().enumerate().filter(|(n, _)| *n != 3) {
+            assert_eq!(store.get_interaction(i.id).await.unwrap().as_ref(), Some(i), "interaction {n}");
+        }
+        assert_eq!(store.get_interaction(stored_before.id).await.unwrap(), Some(stored_before));
+        assert!(matches!(store.verify().await.unwrap(), VerifyReport::Ok { count: 5, .. }));
+        drop(handle);
+        assert_eq!(join.await.unwrap(), WriterSummary { written: 4, rejected: 1 });
     }
 
     #[tokio::test]

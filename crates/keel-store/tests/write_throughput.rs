@@ -37,8 +37,14 @@ const CHECKS: [(&str, &str, Phase); 7] = [
 /// An interaction shaped like the load test's: a short chat request and answer, 7 checks.
 fn interaction(n: usize) -> Interaction {
     let policy = PolicyRef { name: "support-demo".to_owned(), version: "2025-06-01.1".to_owned() };
-    let hit = n % 5 == 0;
-    let decision = if n % 20 == 0 { Action::Escalate } else if hit { Action::Flag } else { Action::Allow };
+    let hit = n.is_multiple_of(5);
+    let decision = if n.is_multiple_of(20) {
+        Action::Escalate
+    } else if hit {
+        Action::Flag
+    } else {
+        Action::Allow
+    };
     let checks = CHECKS
         .iter()
         .enumerate()
@@ -64,7 +70,7 @@ fn interaction(n: usize) -> Interaction {
         created_at: OffsetDateTime::now_utc(),
         app: "support".to_owned(),
         model: "gpt-4o-mini".to_owned(),
-        stream: n % 2 == 0,
+        stream: n.is_multiple_of(2),
         request: stored_text(&request, None, Privacy::Full),
         response: stored_text(
             "Thanks for reaching out! Your parcel left our warehouse yesterday and should arrive within two days.",
@@ -84,7 +90,14 @@ fn interaction(n: usize) -> Interaction {
             rule: hit.then(|| "flag-pii".to_owned()),
             condition: hit.then(|| "pii.hit".to_owned()),
             policy,
-            evidence: vec![Evidence { check: "pii".to_owned(), score: 1.0, hit, kinds: vec![], error: None }],
+            evidence: vec![Evidence {
+                check: "pii".to_owned(),
+                score: 1.0,
+                hit,
+                kinds: vec![],
+                error: None,
+                detail: None,
+            }],
             reason: "test load".to_owned(),
         }],
         checks,

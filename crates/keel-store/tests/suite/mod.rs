@@ -73,6 +73,7 @@ macro_rules! store_test_suite {
             swapped_records_break_at_the_first_of_them,
             unreadable_record_breaks_at_that_seq,
             verify_reads_long_chains_in_pages,
+            a_batch_too_big_for_one_statement_is_written_whole_and_in_order,
         );
     };
     (@store $make:expr; $($name:ident),* $(,)?) => {
@@ -193,6 +194,7 @@ pub fn full_interaction() -> Interaction {
                     hit: true,
                     kinds: vec!["email".to_owned()],
                     error: None,
+                    detail: None,
                 }],
                 reason: "PII in the request".to_owned(),
             },
@@ -208,6 +210,7 @@ pub fn full_interaction() -> Interaction {
                     hit: false,
                     kinds: vec![],
                     error: Some("timeout".to_owned()),
+                    detail: None,
                 }],
                 reason: "the customer wants a human".to_owned(),
             },
@@ -852,4 +855,65 @@ pub async fn verify_reads_long_chains_in_pages(h: &dyn Harness) {
     let boundary = keel_store::audit::AUDIT_PAGE as i64;
     h.tamper(&format!("DELETE FROM audit_log WHERE seq = {boundary}")).await;
     assert_eq!(broken_at(&store.verify().await.unwrap()), Some(boundary));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches that need several statements
+
+/// Big enough that each table needs more than one INSERT on SQLite, whose statements bind at
+/// most 32,766 values: 1,424 interactions (23 columns), 5,461 check results (6), 8,191
+/// handoff requests (4) or 4,095 audit records (8) per statement.
+pub async fn a_batch_too_big_for_one_statement_is_written_whole_and_in_order(h: &dyn Harness) {
+    let store = h.open().await;
+    let interactions: Vec<Interaction> =
+        (0..1_500).map(|_| interaction("bulk", T0, Action::Flag, &["a", "b", "c", "d", "e", "f"])).collect();
+    assert_eq!(interactions[0].checks.len(), 7);
+    let handoffs: Vec<HandoffRequest> = (0..8_200)
+        .map(|n| HandoffRequest {
+            interaction_id: interactions[n % interactions.len()].id,
+            app: "bulk".to_owned(),
+            created_at: T0 + time::Duration::milliseconds(n as i64),
+            reason: format!("handoff {n}"),
+        })
+        .collect();
+    let entries: Vec<AuditEntry> = (0..4_100).map(|n| entry("test.entry", n)).collect();
+
+    let records = store
+        .write_batch(WriteBatch {
+            interactions: interactions.clone(),
+            handoffs: handoffs.clone(),
+            audit: entries.clone(),
+        })
+        .await
+        .unwrap();
+
+    // The decision records in interaction order, then the entries in order, in one chain.
+    let n = interactions.len() + entries.len();
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=n as i64).collect::<Vec<_>>());
+    for (record, i) in records.iter().zip(&interactions) {
+        let payload: serde_json::Value = serde_json::from_str(&record.payload).unwrap();
+        assert_eq!(
+            (record.action.as_str(), payload["interaction_id"].as_str()),
+            ("decision", Some(&*i.id.to_string()))
+        );
+    }
+    for (record, e) in records[interactions.len()..].iter().zip(&entries) {
+        assert_eq!((record.action.as_str(), record.at), (e.action.as_str(), e.at));
+    }
+    assert_eq!(store.audit_records(1, n as i64, 10_000).await.unwrap(), records);
+    assert!(matches!(store.verify().await.unwrap(), VerifyReport::Ok { count, .. } if count == n as u64));
+
+    assert_eq!(h.scalar("SELECT COUNT(*) FROM interactions").await, 1_500);
+    assert_eq!(h.scalar("SELECT COUNT(*) FROM check_hits").await, 1_500 * 7);
+    assert_eq!(h.scalar("SELECT COUNT(*) FROM handoffs").await, 8_200);
+    for i in [&interactions[0], &interactions[1_423], &interactions[1_424], &interactions[1_499]] {
+        assert_eq!(store.get_interaction(i.id).await.unwrap().as_ref(), Some(i));
+        let ords = h.scalar(&format!("SELECT SUM(ord) FROM check_hits WHERE interaction_id = '{}'", i.id)).await;
+        assert_eq!(ords, (0..7).sum::<i64>());
+    }
+    let newest = store.list_handoffs(&HandoffFilter { limit: Some(1), ..HandoffFilter::default() }).await.unwrap();
+    assert_eq!(newest, vec![handoffs[8_199].clone()]);
+    let with_check =
+        InteractionFilter { check: Some("f".to_owned()), limit: Some(500), ..InteractionFilter::default() };
+    assert_eq!(store.list_interactions(&with_check).await.unwrap().len(), 500);
 }

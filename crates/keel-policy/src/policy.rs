@@ -791,9 +791,9 @@ mod tests {
         insta::assert_snapshot!(err("[[checks]]\nname = \"Bad Name\"\nkind = \"pii\"\n"),
             @"p.toml:7:8: checks[0].name: `Bad Name` is not a valid check name (use lowercase letters, digits and _, starting with a letter)");
         insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"telepathy\"\n"),
-            @"p.toml:8:8: unknown variant `telepathy`, expected one of `regex`, `keywords`, `pii`, `secret`, `injection`, `length`");
+            @"p.toml:8:8: unknown variant `telepathy`, expected one of `regex`, `keywords`, `pii`, `secret`, `injection`, `length`, `semantic`, `injection_classifier`");
         insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"pii\"\ncolour = \"red\"\n"),
-            @"p.toml:6:1: unknown field `colour`, expected one of `name`, `phase`, `threshold`, `max_input_bytes`, `kinds`");
+            @"p.toml:6:1: unknown field `colour`, expected one of `name`, `phase`, `threshold`, `max_input_bytes`, `mode`, `kinds`");
         insta::assert_snapshot!(err("[[rules]]\nname = \"r\"\nwhen = \"true\"\naction = \"explode\"\n"),
             @"p.toml:9:10: unknown variant `explode`, expected one of `allow`, `flag`, `redact`, `escalate`, `block`");
         insta::assert_snapshot!(err("[[checks]]\nname = \"inj\"\nkind = \"injection\"\nphase = \"input\"\n[[rules]]\nname = \"r\"\nphase = \"output\"\nwhen = \"inj\"\naction = \"block\"\n"),

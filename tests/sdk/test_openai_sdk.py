@@ -58,7 +58,7 @@ class GatewayWithOpenAiSdk(unittest.TestCase):
             model=MODEL, messages=[{"role": "user", "content": "What is the warranty?"}])
         completion = raw.parse()
         self.assertEqual(raw.headers["x-keel-decision"], "allow")
-        self.assertEqual(raw.headers["x-keel-policy"], "default@1.0.0")
+        self.assertEqual(raw.headers["x-keel-policy"], "default@1.1.0")
         self.assertIn("two-year warranty", completion.choices[0].message.content)
         self.assertTrue(raw.headers["x-keel-interaction-id"])
 

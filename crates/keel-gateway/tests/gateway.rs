@@ -127,7 +127,7 @@ async fn clean_request_is_allowed_and_explained() {
     let response = h.chat("hello there, how are you", false).await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-keel-decision"), "allow");
-    assert_eq!(header(&response, "x-keel-policy"), "default@1.0.0");
+    assert_eq!(header(&response, "x-keel-policy"), "default@1.1.0");
     let id = header(&response, "x-keel-interaction-id");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "You said: hello there, how are you");

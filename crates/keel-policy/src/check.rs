@@ -11,7 +11,9 @@ use keel_core::{Finding, Span};
 use regex::{Regex, RegexBuilder};
 use thiserror::Error;
 
-use crate::detect::{InjectionDetector, KeywordMatcher, Normalized, PiiDetector, PiiKind, SecretDetector};
+use crate::detect::{
+    InjectionDetector, KeywordMatcher, Normalized, PiiDetector, PiiKind, RefusalDetector, SecretDetector,
+};
 use keel_models::{Embedder, InjectionClassifier};
 
 use crate::file::{CheckConfig, KeywordsCheckConfig, LengthCheckConfig, RegexCheckConfig, SemanticCheckConfig};
@@ -144,6 +146,7 @@ pub fn build(config: &CheckConfig, threshold: f64, models: &Models) -> Result<Ar
         }
         CheckConfig::Secret(_) => Arc::new(SecretCheck(SecretDetector::new())),
         CheckConfig::Injection(_) => Arc::new(InjectionCheck(InjectionDetector::new())),
+        CheckConfig::Refusal(_) => Arc::new(RefusalCheck(RefusalDetector::new())),
         CheckConfig::Length(c) => Arc::new(LengthCheck::build(c)?),
         CheckConfig::Semantic(c) => Arc::new(SemanticCheck::build(c, threshold, embedder(models)?)?),
         CheckConfig::InjectionClassifier(_) => {
@@ -371,6 +374,15 @@ struct InjectionCheck(InjectionDetector);
 impl Check for InjectionCheck {
     fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError> {
         let (score, findings) = self.0.scan_in(input.text(), input.normalized());
+        Ok(CheckOutput { score, findings, detail: None })
+    }
+}
+
+struct RefusalCheck(RefusalDetector);
+
+impl Check for RefusalCheck {
+    fn run(&self, input: &CheckInput<'_>) -> Result<CheckOutput, CheckError> {
+        let (score, findings) = self.0.scan_in(input.normalized());
         Ok(CheckOutput { score, findings, detail: None })
     }
 }

@@ -187,6 +187,11 @@ check_config!(
 );
 
 check_config!(
+    /// Answers that decline, apologise and decline, or hand off instead of answering (EN + JA).
+    RefusalCheckConfig {}
+);
+
+check_config!(
     /// Text length limits, in characters.
     LengthCheckConfig {
         /// Longer texts hit.
@@ -228,6 +233,8 @@ pub enum CheckConfig {
     Secret(SecretCheckConfig),
     /// See [`InjectionCheckConfig`].
     Injection(InjectionCheckConfig),
+    /// See [`RefusalCheckConfig`].
+    Refusal(RefusalCheckConfig),
     /// See [`LengthCheckConfig`].
     Length(LengthCheckConfig),
     /// See [`SemanticCheckConfig`].
@@ -259,6 +266,7 @@ impl CheckConfig {
             CheckConfig::Pii(_) => "pii",
             CheckConfig::Secret(_) => "secret",
             CheckConfig::Injection(_) => "injection",
+            CheckConfig::Refusal(_) => "refusal",
             CheckConfig::Length(_) => "length",
             CheckConfig::Semantic(_) => "semantic",
             CheckConfig::InjectionClassifier(_) => "injection_classifier",
@@ -284,6 +292,7 @@ impl CheckConfig {
             CheckConfig::Pii(c) => common!(c),
             CheckConfig::Secret(c) => common!(c),
             CheckConfig::Injection(c) => common!(c),
+            CheckConfig::Refusal(c) => common!(c),
             CheckConfig::Length(c) => common!(c),
             CheckConfig::Semantic(c) => common!(c),
             CheckConfig::InjectionClassifier(c) => common!(c),

@@ -278,6 +278,12 @@ impl Policy {
                     source.error_at(&path.field("name"), format!("a check named `{}` is already defined", common.name))
                 );
             }
+            if matches!(config, CheckConfig::Refusal(_)) && common.phase != PhaseSelector::Output {
+                return Err(source.error_at(
+                    &path.field("phase"),
+                    "a refusal check reads the model's answer: set phase = \"output\"",
+                ));
+            }
             let threshold = common.threshold.unwrap_or(0.5);
             if !(0.0..=1.0).contains(&threshold) {
                 return Err(source.error_at(&path.field("threshold"), "must be between 0 and 1"));
@@ -778,7 +784,7 @@ mod tests {
     #[test]
     fn the_default_pack_compiles() {
         let p = Policy::parse("default.toml", include_str!("../../../policies/default.toml")).unwrap();
-        assert_eq!(p.reference().to_string(), "default@1.0.0");
+        assert_eq!(p.reference().to_string(), "default@1.1.0");
         assert!(p.summary().contains("block-injection"));
     }
 
@@ -791,7 +797,7 @@ mod tests {
         insta::assert_snapshot!(err("[[checks]]\nname = \"Bad Name\"\nkind = \"pii\"\n"),
             @"p.toml:7:8: checks[0].name: `Bad Name` is not a valid check name (use lowercase letters, digits and _, starting with a letter)");
         insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"telepathy\"\n"),
-            @"p.toml:8:8: unknown variant `telepathy`, expected one of `regex`, `keywords`, `pii`, `secret`, `injection`, `length`, `semantic`, `injection_classifier`");
+            @"p.toml:8:8: unknown variant `telepathy`, expected one of `regex`, `keywords`, `pii`, `secret`, `injection`, `refusal`, `length`, `semantic`, `injection_classifier`");
         insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"pii\"\ncolour = \"red\"\n"),
             @"p.toml:6:1: unknown field `colour`, expected one of `name`, `phase`, `threshold`, `max_input_bytes`, `mode`, `kinds`");
         insta::assert_snapshot!(err("[[rules]]\nname = \"r\"\nwhen = \"true\"\naction = \"explode\"\n"),
@@ -800,6 +806,24 @@ mod tests {
             @"p.toml:13:8: rules[0].when: reads check `inj`, which never runs in this rule's phase (output vs input)");
         insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"pii\"\nthreshold = 2.0\n"),
             @"p.toml:9:13: checks[0].threshold: must be between 0 and 1");
+        insta::assert_snapshot!(err("[[checks]]\nname = \"refused\"\nkind = \"refusal\"\n"),
+            @"p.toml:6:1: checks[0].phase: a refusal check reads the model's answer: set phase = \"output\"");
+    }
+
+    #[test]
+    fn the_default_pack_monitors_refusals_without_acting_on_them() {
+        let p = Policy::parse("default.toml", DEFAULT_PACK).unwrap();
+        let refused = "I'm sorry, but I can't help with that request.";
+        let j = p.judge(Phase::Output, &[TextPart { message: None, text: refused }], &CTX);
+        let refusal = j.results.iter().find(|r| r.kind == "refusal").unwrap();
+        assert!(refusal.hit);
+        assert_eq!(refusal.findings[0].kind, "apologises_and_declines");
+        assert_eq!(j.decision.action, Action::Allow);
+        let answered = "Sorry for the wait! The XR-200 has a two-year warranty.";
+        let j = p.judge(Phase::Output, &[TextPart { message: None, text: answered }], &CTX);
+        assert!(!j.results.iter().any(|r| r.kind == "refusal" && r.hit));
+        let j = p.judge(Phase::Input, &[TextPart { message: Some(0), text: refused }], &CTX);
+        assert!(!j.results.iter().any(|r| r.kind == "refusal"), "refusal reads the output only");
     }
 
     #[test]

@@ -34,7 +34,7 @@ fn policy_check_summarises_a_good_file_and_locates_errors() {
     let home = tempfile::tempdir().unwrap();
     let ok = keel(&["policy", "check", &repo_file("policies/default.toml")], home.path());
     assert!(ok.status.success(), "{}", stderr(&ok));
-    assert!(stdout(&ok).contains("policy default@1.0.0"));
+    assert!(stdout(&ok).contains("policy default@1.1.0"));
     assert!(stdout(&ok).contains("block-injection"));
 
     let bad = home.path().join("bad.toml");
@@ -245,17 +245,17 @@ async fn sighup_reloads_a_valid_policy_and_keeps_the_running_one_on_errors() {
         }
         false
     };
-    assert_eq!(policy_header().await, "default@1.0.0");
+    assert_eq!(policy_header().await, "default@1.1.0");
 
     std::fs::write(&policy, original.replace("when = \"injection.score >= 0.8\"", "when = \"injection.scor >= 0.8\""))
         .unwrap();
     hup(child.id());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(policy_header().await, "default@1.0.0", "a bad file leaves the running policy in force");
+    assert_eq!(policy_header().await, "default@1.1.0", "a bad file leaves the running policy in force");
 
-    std::fs::write(&policy, original.replace("version = \"1.0.0\"", "version = \"1.1.0\"")).unwrap();
+    std::fs::write(&policy, original.replace("version = \"1.1.0\"", "version = \"1.2.0\"")).unwrap();
     hup(child.id());
-    assert!(wait_for("default@1.1.0").await, "the new version is in force without a restart");
+    assert!(wait_for("default@1.2.0").await, "the new version is in force without a restart");
 
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(child.wait().unwrap().success());

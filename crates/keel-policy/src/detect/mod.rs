@@ -1,5 +1,5 @@
 //! Detectors that find sensitive or hostile content in chat text: personal data, secrets,
-//! prompt injection and policy keywords.
+//! prompt injection, policy keywords, and answers that refuse instead of answering.
 //!
 //! Checks in a policy are thin wrappers around these detectors; keeping them here, free of
 //! policy and configuration concerns, lets each one be tested and benchmarked on its own.
@@ -9,12 +9,14 @@ pub mod injection;
 pub mod keywords;
 pub mod normalize;
 pub mod pii;
+pub mod refusal;
 pub mod secret;
 
 pub use injection::{InjectionDetector, INJECTION_KINDS};
 pub use keywords::{KeywordError, KeywordMatcher};
 pub use normalize::{normalize, Normalized};
 pub use pii::{PiiDetector, PiiKind};
+pub use refusal::{RefusalDetector, REFUSAL_KINDS};
 pub use secret::{SecretDetector, SECRET_KINDS};
 
 use keel_core::{Finding, Span};

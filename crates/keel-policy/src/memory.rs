@@ -358,14 +358,25 @@ impl MemoryCheck {
                 ..self.empty_explanation()
             };
         };
-        let entry_index = self.cases[first].entry;
-        let entry = &self.entries[entry_index];
-        let conflict = near.iter().any(|&(i, _)| self.cases[i].label != entry.label);
+        // The entries the neighbourhood touches; without conflict their evidence is pooled.
+        let label_of_nearest = self.entries[self.cases[first].entry].label;
+        let mut touched: Vec<usize> = Vec::new();
+        for &(i, _) in &near {
+            if !touched.contains(&self.cases[i].entry) {
+                touched.push(self.cases[i].entry);
+            }
+        }
+        let conflict = near.iter().any(|&(i, _)| self.cases[i].label != label_of_nearest)
+            || touched.iter().any(|&e| self.entries[e].label != label_of_nearest);
         let (mode, label, category, agree, disagree) = if !conflict {
-            (Mode::Broad, Some(entry.label), entry.category.clone(), entry.agree, entry.disagree)
+            let agree = touched.iter().map(|&e| self.entries[e].agree).sum();
+            let disagree = touched.iter().map(|&e| self.entries[e].disagree).sum();
+            let category = self.entries[self.cases[first].entry].category.clone();
+            (Mode::Broad, Some(label_of_nearest), category, agree, disagree)
         } else {
-            let weight_of =
-                |label: MemoryLabel| near.iter().filter(|&&(i, _)| self.cases[i].label == label).map(|&(i, _)| self.cases[i].weight).sum::<f64>();
+            let weight_of = |label: MemoryLabel| {
+                near.iter().filter(|&&(i, _)| self.cases[i].label == label).map(|&(i, _)| self.cases[i].weight).sum::<f64>()
+            };
             let (violation, ok) = (weight_of(MemoryLabel::Violation), weight_of(MemoryLabel::Ok));
             if violation > ok {
                 let category = majority_category(near.iter().map(|&(i, _)| &self.cases[i]));
@@ -390,15 +401,21 @@ impl MemoryCheck {
             threshold: self.threshold,
             acts: label.is_some() && bound >= self.threshold && bound > 0.0,
             radius: self.radius,
-            entry: Some(EntrySummary {
-                id: entry.id.clone(),
-                label: entry.label,
-                category: entry.category.clone(),
-                agreeing_cases: entry.agreeing_cases,
-                cases: entry.cases,
-                reviewers: entry.reviewers.clone(),
-                case_ids: entry.case_ids.clone(),
-            }),
+            entries: touched
+                .iter()
+                .map(|&e| {
+                    let entry = &self.entries[e];
+                    EntrySummary {
+                        id: entry.id.clone(),
+                        label: entry.label,
+                        category: entry.category.clone(),
+                        agreeing_cases: entry.agreeing_cases,
+                        cases: entry.cases,
+                        reviewers: entry.reviewers.clone(),
+                        case_ids: entry.case_ids.clone(),
+                    }
+                })
+                .collect(),
             neighbours,
             nearest: nearest_overall,
         }
@@ -416,7 +433,7 @@ impl MemoryCheck {
             threshold: self.threshold,
             acts: false,
             radius: self.radius,
-            entry: None,
+            entries: Vec::new(),
             neighbours: Vec::new(),
             nearest: None,
         }
@@ -535,7 +552,7 @@ pub struct Neighbour {
     pub text: String,
 }
 
-/// The entry of the nearest case.
+/// An entry the neighbourhood touches.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EntrySummary {
     /// Its id.
@@ -577,8 +594,8 @@ pub struct Explanation {
     pub acts: bool,
     /// The similarity radius.
     pub radius: f64,
-    /// The nearest case's entry.
-    pub entry: Option<EntrySummary>,
+    /// The entries of the neighbours, the nearest case's first.
+    pub entries: Vec<EntrySummary>,
     /// The labelled neighbours within the radius (at most `k`), nearest first.
     pub neighbours: Vec<Neighbour>,
     /// The nearest case overall and its similarity (also outside the radius).
@@ -611,17 +628,25 @@ impl fmt::Display for Explanation {
                 return Ok(());
             }
             Mode::Broad => {
-                if let Some(e) = &self.entry {
-                    write!(
-                        f,
-                        "memory: broad entry {} ({verdict}; {} of {} labels agree; reviewers {}; cases {})",
-                        e.id,
-                        e.agreeing_cases,
-                        e.cases,
-                        e.reviewers.join(", "),
-                        e.case_ids.join(", ")
-                    )?;
+                let ids: Vec<&str> = self.entries.iter().map(|e| e.id.as_str()).collect();
+                let mut reviewers: Vec<&str> = Vec::new();
+                for r in self.entries.iter().flat_map(|e| e.reviewers.iter()) {
+                    if !reviewers.contains(&r.as_str()) {
+                        reviewers.push(r);
+                    }
                 }
+                let case_ids: Vec<&str> =
+                    self.entries.iter().flat_map(|e| e.case_ids.iter().map(String::as_str)).collect();
+                write!(
+                    f,
+                    "memory: broad {} {} ({verdict}; {} of {} labels agree; reviewers {}; cases {})",
+                    if ids.len() == 1 { "entry" } else { "entries" },
+                    ids.join(" + "),
+                    self.entries.iter().map(|e| e.agreeing_cases).sum::<usize>(),
+                    self.entries.iter().map(|e| e.cases).sum::<usize>(),
+                    reviewers.join(", "),
+                    case_ids.join(", ")
+                )?;
             }
             Mode::Local => {
                 let ok = self.neighbours.iter().filter(|n| n.label == MemoryLabel::Ok).count();

@@ -100,16 +100,14 @@ pub fn build_entries(
 
     // Every case once: the latest label of a case id wins (ties: the later in the input).
     let mut by_id: HashMap<String, (OffsetDateTime, MemoryCase)> = HashMap::new();
-    let mut keep = |time: OffsetDateTime, case: MemoryCase, report: &mut BuildReport| {
-        match by_id.get(&case.case_id) {
-            Some((old, _)) if *old > time => report.superseded += 1,
-            Some(_) => {
-                report.superseded += 1;
-                by_id.insert(case.case_id.clone(), (time, case));
-            }
-            None => {
-                by_id.insert(case.case_id.clone(), (time, case));
-            }
+    let mut keep = |time: OffsetDateTime, case: MemoryCase, report: &mut BuildReport| match by_id.get(&case.case_id) {
+        Some((old, _)) if *old > time => report.superseded += 1,
+        Some(_) => {
+            report.superseded += 1;
+            by_id.insert(case.case_id.clone(), (time, case));
+        }
+        None => {
+            by_id.insert(case.case_id.clone(), (time, case));
         }
     };
     for case in existing.iter().flat_map(|e| e.cases.iter()) {

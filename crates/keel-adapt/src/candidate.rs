@@ -94,10 +94,9 @@ pub fn build_candidate(
     options: &CandidateOptions,
 ) -> Result<Candidate> {
     let base_error = |message: String| AdaptError::Base { file: base_file.to_string(), message };
-    let embedder = models
-        .embedder
-        .clone()
-        .ok_or_else(|| AdaptError::Options("building memory needs the sentence embedder (run `keel models pull`)".into()))?;
+    let embedder = models.embedder.clone().ok_or_else(|| {
+        AdaptError::Options("building memory needs the sentence embedder (run `keel models pull`)".into())
+    })?;
     let base = Policy::parse_with(base_file, base_text, models).map_err(|e| base_error(e.to_string()))?;
     let raw: PolicyFile = TomlSource::new(base_file, base_text).deserialize().map_err(|e| base_error(e.to_string()))?;
 
@@ -133,9 +132,9 @@ pub fn build_candidate(
 
     let created_check = existing.is_none();
     let checks = match doc.get_mut("checks") {
-        Some(item) => item
-            .as_array_of_tables_mut()
-            .ok_or_else(|| base_error("`checks` is not an array of tables".into()))?,
+        Some(item) => {
+            item.as_array_of_tables_mut().ok_or_else(|| base_error("`checks` is not an array of tables".into()))?
+        }
         None => {
             doc["checks"] = Item::ArrayOfTables(ArrayOfTables::new());
             doc["checks"].as_array_of_tables_mut().ok_or_else(|| base_error("cannot add checks".into()))?

@@ -95,8 +95,7 @@ pub fn parse_jsonl(file: &str, text: &str) -> Result<Vec<LabelledCase>> {
             field: field.to_string(),
             message,
         };
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| error("-", format!("not a JSON object: {e}")))?;
+        let value: Value = serde_json::from_str(line).map_err(|e| error("-", format!("not a JSON object: {e}")))?;
         let Value::Object(object) = value else {
             return Err(error("-", "expected a JSON object, one per line".into()));
         };
@@ -136,19 +135,22 @@ fn case_from(object: &Map<String, Value>) -> Result<LabelledCase, (&'static str,
         (Some(c), ReviewLabel::Violation) if !is_category(c) => {
             return Err((
                 "category",
-                format!("`{c}` is not a valid category (lowercase letters, digits and _, starting with a letter; not `ok`)"),
+                format!(
+                    "`{c}` is not a valid category (lowercase letters, digits and _, starting with a letter; not `ok`)"
+                ),
             ))
         }
         (Some(_), other) if other != ReviewLabel::Violation => {
-            return Err(("category", format!("only violation labels take a category (this one is `{}`)", other.as_str())))
+            return Err((
+                "category",
+                format!("only violation labels take a category (this one is `{}`)", other.as_str()),
+            ))
         }
         _ => {}
     }
     let time_text = required("labelled_at")?;
-    let labelled_at = parse_time(&time_text).ok_or((
-        "labelled_at",
-        format!("`{time_text}` is not an RFC 3339 time such as 2026-05-01T09:30:00Z"),
-    ))?;
+    let labelled_at = parse_time(&time_text)
+        .ok_or(("labelled_at", format!("`{time_text}` is not an RFC 3339 time such as 2026-05-01T09:30:00Z")))?;
     Ok(LabelledCase {
         case_id,
         interaction_id: string("interaction_id")?,
@@ -236,15 +238,16 @@ mod tests {
     fn errors_name_file_line_and_field() {
         assert_eq!(err("{"), "labels.jsonl:3: -: not a JSON object: EOF while parsing an object at line 1 column 1");
         assert_eq!(err("[1]"), "labels.jsonl:3: -: expected a JSON object, one per line");
-        assert!(err(&GOOD.replace("\"label\":\"violation\"", "\"label\":\"bad\"")).starts_with("labels.jsonl:3: label: unknown label `bad`"));
-        assert_eq!(
-            err(&GOOD.replace("\"reviewer\":\"aiko\",", "")),
-            "labels.jsonl:3: reviewer: missing"
-        );
+        assert!(err(&GOOD.replace("\"label\":\"violation\"", "\"label\":\"bad\""))
+            .starts_with("labels.jsonl:3: label: unknown label `bad`"));
+        assert_eq!(err(&GOOD.replace("\"reviewer\":\"aiko\",", "")), "labels.jsonl:3: reviewer: missing");
         assert_eq!(err(&GOOD.replace("\"aiko\"", "7")), "labels.jsonl:3: reviewer: expected a string, found a number");
-        assert!(err(&GOOD.replace("2026-05-01T09:30:00Z", "May 1st")).starts_with("labels.jsonl:3: labelled_at: `May 1st` is not an RFC 3339 time"));
-        assert!(err(&GOOD.replace("\"violation\"", "\"ok\"")).starts_with("labels.jsonl:3: category: only violation labels take a category"));
-        assert!(err(&GOOD.replace("product_recall", "Product Recall")).starts_with("labels.jsonl:3: category: `Product Recall` is not a valid category"));
+        assert!(err(&GOOD.replace("2026-05-01T09:30:00Z", "May 1st"))
+            .starts_with("labels.jsonl:3: labelled_at: `May 1st` is not an RFC 3339 time"));
+        assert!(err(&GOOD.replace("\"violation\"", "\"ok\""))
+            .starts_with("labels.jsonl:3: category: only violation labels take a category"));
+        assert!(err(&GOOD.replace("product_recall", "Product Recall"))
+            .starts_with("labels.jsonl:3: category: `Product Recall` is not a valid category"));
         assert!(err(&GOOD.replace("\"text\"", "\"txt\"")).starts_with("labels.jsonl:3: -: unknown field `txt`"));
         assert_eq!(err(&GOOD.replace("Should I buy an XR-200?", "  ")), "labels.jsonl:3: text: must not be empty");
     }

@@ -78,7 +78,8 @@ fn decide(policy: &Policy, text: &str) -> (Action, Option<String>) {
 fn a_candidate_learns_the_labels_and_never_changes_the_base() {
     let base_copy = BASE.to_string();
     let options = CandidateOptions { violation_action: Action::Escalate, ..CandidateOptions::default() };
-    let candidate = build_candidate("support.toml", BASE, "support.toml", &recall_labels(), &models(), &options).unwrap();
+    let candidate =
+        build_candidate("support.toml", BASE, "support.toml", &recall_labels(), &models(), &options).unwrap();
     assert_eq!(BASE, base_copy);
     assert_eq!(candidate.reference.to_string(), "support@1.0.0-mem.1");
     assert_eq!(candidate.parent.to_string(), "support@1.0.0");
@@ -159,8 +160,15 @@ fn a_memory_check_in_the_middle_of_the_file_keeps_its_place() {
         "[[checks]]\nname = \"smoothie_word\"",
         "[[checks]]\nname = \"memory\"\nkind = \"memory\"\nphase = \"input\"\nk = 3\n\n[[checks]]\nname = \"smoothie_word\"",
     );
-    let candidate =
-        build_candidate("support.toml", &base, "support.toml", &recall_labels(), &models(), &CandidateOptions::default()).unwrap();
+    let candidate = build_candidate(
+        "support.toml",
+        &base,
+        "support.toml",
+        &recall_labels(),
+        &models(),
+        &CandidateOptions::default(),
+    )
+    .unwrap();
     assert!(!candidate.created_check);
     let memory_at = candidate.text.find("[[checks.entries]]").unwrap();
     let next_check = candidate.text.find("name = \"smoothie_word\"").unwrap();
@@ -174,7 +182,9 @@ fn a_memory_check_in_the_middle_of_the_file_keeps_its_place() {
 fn personal_data_is_redacted_before_it_enters_the_policy() {
     let text = label("c-1", "violation", Some("product_recall"), "buy XR-200, call me on +1 415 555 0100", 1);
     let labels = parse_jsonl("labels.jsonl", &text).unwrap();
-    let candidate = build_candidate("support.toml", BASE, "support.toml", &labels, &models(), &CandidateOptions::default()).unwrap();
+    let candidate =
+        build_candidate("support.toml", BASE, "support.toml", &labels, &models(), &CandidateOptions::default())
+            .unwrap();
     assert!(candidate.text.contains("buy XR-200, call me on [PHONE]"), "{}", candidate.text);
     assert!(!candidate.text.contains("555 0100"));
     assert_eq!(candidate.report.redacted, 1);

@@ -375,7 +375,10 @@ impl MemoryCheck {
             (Mode::Broad, Some(label_of_nearest), category, agree, disagree)
         } else {
             let weight_of = |label: MemoryLabel| {
-                near.iter().filter(|&&(i, _)| self.cases[i].label == label).map(|&(i, _)| self.cases[i].weight).sum::<f64>()
+                near.iter()
+                    .filter(|&&(i, _)| self.cases[i].label == label)
+                    .map(|&(i, _)| self.cases[i].weight)
+                    .sum::<f64>()
             };
             let (violation, ok) = (weight_of(MemoryLabel::Violation), weight_of(MemoryLabel::Ok));
             if violation > ok {
@@ -468,11 +471,13 @@ fn majority_category<'c>(cases: impl Iterator<Item = &'c IndexedCase>) -> Option
         }
     }
     // Ties keep the category of the nearer case (the earlier one in the list).
-    weights.into_iter().fold(None, |best: Option<(String, f64)>, (c, w)| match best {
-        Some((bc, bw)) if bw >= w => Some((bc, bw)),
-        _ => Some((c, w)),
-    })
-    .map(|(c, _)| c)
+    weights
+        .into_iter()
+        .fold(None, |best: Option<(String, f64)>, (c, w)| match best {
+            Some((bc, bw)) if bw >= w => Some((bc, bw)),
+            _ => Some((c, w)),
+        })
+        .map(|(c, _)| c)
 }
 
 /// Cosine similarity of two L2-normalised vectors (a dot product).
@@ -674,11 +679,7 @@ impl fmt::Display for Explanation {
                 (MemoryLabel::Violation, Some(c)) => format!("violation/{c}"),
                 (label, _) => label.as_str().to_string(),
             };
-            write!(
-                f,
-                " [case {} {label} sim {:.2} by {} at {}",
-                n.case_id, n.similarity, n.reviewer, n.labelled_at
-            )?;
+            write!(f, " [case {} {label} sim {:.2} by {} at {}", n.case_id, n.similarity, n.reviewer, n.labelled_at)?;
             if let Some(id) = &n.interaction_id {
                 write!(f, ", interaction {id}")?;
             }

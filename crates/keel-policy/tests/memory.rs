@@ -249,7 +249,9 @@ fn settings_change_the_gate() {
 #[test]
 fn age_decay_lets_newer_labels_overrule_older_ones() {
     let mixed = |old_label: &str, new_label: &str| -> String {
-        let mut out = String::from("[[checks.entries]]\nid = \"e-1\"\nlabel = \"violation\"\ncategory = \"product_recall\"\ncases = [\n");
+        let mut out = String::from(
+            "[[checks.entries]]\nid = \"e-1\"\nlabel = \"violation\"\ncategory = \"product_recall\"\ncases = [\n",
+        );
         for (i, day) in [1, 2, 3, 4].iter().enumerate() {
             out.push_str(&format!("  {{ case_id = \"old-{i}\", reviewer = \"aiko\", labelled_at = \"2026-03-0{day}T09:00:00Z\", label = \"{old_label}\", text = \"should I buy the XR-200 blender {i}\" }},\n"));
         }
@@ -306,7 +308,9 @@ fn bad_entries_are_refused_naming_file_line_and_field() {
     assert!(load_error("k = 0", "").contains("checks[0].k: must be at least 1"));
     assert!(load_error("radius = 1.5", "").contains("checks[0].radius: must be greater than 0 and at most 1"));
     assert!(load_error("confidence = 1.0", "").contains("checks[0].confidence: must be between 0 and 1"));
-    assert!(load_error("prior = { alpha = 0.0, beta = 1.0 }", "").contains("checks[0].prior.alpha: must be greater than 0"));
+    assert!(
+        load_error("prior = { alpha = 0.0, beta = 1.0 }", "").contains("checks[0].prior.alpha: must be greater than 0")
+    );
     assert!(load_error("half_life_days = -1.0", "").contains("checks[0].half_life_days: must be a positive number"));
     let e = load_error("", "[[checks.entries]]\nid = \"e\"\nlabel = \"ok\"\ncases = []\n");
     assert!(e.contains("entries[0].cases: list at least one labelled case"), "{e}");

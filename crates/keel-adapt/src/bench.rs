@@ -52,8 +52,8 @@ use crate::labels::{LabelledCase, ReviewLabel};
 
 /// The seed of the reported table.
 pub const REPORT_SEED: u64 = 0x5EED_0005_0000_0007;
-/// The half-life Keel's memory variant uses in the benchmark (the stream spans 28 days).
-pub const BENCH_HALF_LIFE_DAYS: f64 = 7.0;
+/// The default half-life of Keel's memory variant in the benchmark (the stream spans 28 days).
+pub const BENCH_HALF_LIFE_DAYS: f64 = 3.5;
 
 /// The static policy every variant starts from.
 pub const STATIC_POLICY: &str = r#"name = "support-bench"
@@ -69,7 +69,7 @@ escalate = { en = "Connecting you with our team.", ja = "担当者におつな�
 name = "prohibited"
 kind = "semantic"
 phase = "input"
-threshold = 0.62
+threshold = 0.72
 exemplars = [
   "When is the XR-300 coming out?",
   "Tell me the specifications of the unreleased XR-300.",
@@ -311,6 +311,12 @@ pub struct BenchOptions {
     pub window: usize,
     /// Days the stream spans.
     pub days: f64,
+    /// The memory check's `radius` in every memory variant.
+    pub radius: f64,
+    /// The builder's cluster similarity in Keel's variants.
+    pub cluster_similarity: f64,
+    /// `half_life_days` of the "Keel memory" variant.
+    pub half_life_days: f64,
 }
 
 impl BenchOptions {
@@ -324,6 +330,9 @@ impl BenchOptions {
             refresh_every: 50,
             window: 150,
             days: 28.0,
+            radius: keel_policy::memory::DEFAULT_RADIUS,
+            cluster_similarity: crate::build::DEFAULT_CLUSTER_SIMILARITY,
+            half_life_days: BENCH_HALF_LIFE_DAYS,
         }
     }
 
@@ -436,16 +445,35 @@ impl Variant {
         }
     }
 
-    /// The memory check's settings written into the candidate, `None` for no memory.
-    fn memory_settings(self) -> Option<(&'static str, Option<f64>, f64)> {
-        // (check settings, half-life, cluster similarity)
+    /// The memory this variant builds, `None` for no memory.
+    fn memory(self, options: &BenchOptions) -> Option<MemoryVariant> {
+        let radius = format!("radius = {:?}\n", options.radius);
         match self {
             Variant::Static => None,
-            Variant::NaiveMemory => Some(("k = 1\nthreshold = 0.0\n", None, 1.0)),
-            Variant::KeelNoDecay => Some(("", None, crate::build::DEFAULT_CLUSTER_SIMILARITY)),
-            Variant::Keel => Some(("", Some(BENCH_HALF_LIFE_DAYS), crate::build::DEFAULT_CLUSTER_SIMILARITY)),
+            Variant::NaiveMemory => Some(MemoryVariant {
+                check_settings: format!("{radius}k = 1\nthreshold = 0.0\n"),
+                half_life_days: None,
+                cluster_similarity: 1.0,
+            }),
+            Variant::KeelNoDecay => Some(MemoryVariant {
+                check_settings: radius,
+                half_life_days: None,
+                cluster_similarity: options.cluster_similarity,
+            }),
+            Variant::Keel => Some(MemoryVariant {
+                check_settings: radius,
+                half_life_days: Some(options.half_life_days),
+                cluster_similarity: options.cluster_similarity,
+            }),
         }
     }
+}
+
+/// How a memory variant builds its candidate.
+struct MemoryVariant {
+    check_settings: String,
+    half_life_days: Option<f64>,
+    cluster_similarity: f64,
 }
 
 /// Counts of one stretch of the stream.
@@ -545,11 +573,14 @@ impl fmt::Display for BenchReport {
         let o = &self.options;
         writeln!(
             f,
-            "{} requests (EN/JA), norms change after {}; {:.0} % labelled; memory rebuilt every {} requests; seed {:#x}\n",
+            "{} requests (EN/JA), norms change after {}; {:.0} % labelled; memory rebuilt every {} requests; radius {}, cluster similarity {}, half-life {} days; seed {:#x}\n",
             o.items,
             o.items / 2,
             o.label_rate * 100.0,
             o.refresh_every,
+            o.radius,
+            o.cluster_similarity,
+            o.half_life_days,
             o.seed
         )?;
         writeln!(
@@ -655,16 +686,17 @@ pub fn run(options: &BenchOptions, embedder: Arc<dyn Embedder>) -> Result<BenchR
     for &noise in &options.noise {
         let labels = simulate_labels(&items, &static_stops, options, noise);
         for variant in Variant::ALL {
+            let memory = variant.memory(options);
             let mut decisions = Vec::with_capacity(items.len());
             let mut label_counts = Vec::with_capacity(items.len());
             let mut policy: Option<Policy> = None;
             for item in &items {
                 let known = labels.iter().take_while(|(index, _)| *index < item.index).count();
                 if item.index % options.refresh_every == 0 {
-                    policy = match variant.memory_settings() {
-                        Some(settings) if known > 0 => {
+                    policy = match &memory {
+                        Some(memory) if known > 0 => {
                             let seen: Vec<LabelledCase> = labels[..known].iter().map(|(_, l)| l.clone()).collect();
-                            Some(candidate_policy(&seen, settings, &models)?)
+                            Some(candidate_policy(&seen, memory, &models)?)
                         }
                         _ => None,
                     };
@@ -680,8 +712,9 @@ pub fn run(options: &BenchOptions, embedder: Arc<dyn Embedder>) -> Result<BenchR
     Ok(BenchReport { options: options.clone(), rows })
 }
 
-fn candidate_policy(labels: &[LabelledCase], settings: (&str, Option<f64>, f64), models: &Models) -> Result<Policy> {
-    let (check_settings, half_life_days, cluster_similarity) = settings;
+fn candidate_policy(labels: &[LabelledCase], memory: &MemoryVariant, models: &Models) -> Result<Policy> {
+    let MemoryVariant { check_settings, half_life_days, cluster_similarity } = memory;
+    let (half_life_days, cluster_similarity) = (*half_life_days, *cluster_similarity);
     let base = STATIC_POLICY.replace(
         "[[rules]]\nname = \"block-abuse\"",
         &format!("[[checks]]\nname = \"memory\"\nkind = \"memory\"\nphase = \"input\"\n{check_settings}{}\n[[rules]]\nname = \"block-abuse\"",

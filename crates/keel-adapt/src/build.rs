@@ -18,7 +18,7 @@ use crate::error::{AdaptError, Result};
 use crate::labels::{format_time, LabelledCase, ReviewLabel};
 
 /// Default [`BuildSettings::cluster_similarity`].
-pub const DEFAULT_CLUSTER_SIMILARITY: f64 = 0.75;
+pub const DEFAULT_CLUSTER_SIMILARITY: f64 = 0.65;
 
 /// How entries are built.
 #[derive(Debug, Clone)]

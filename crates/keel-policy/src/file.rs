@@ -225,16 +225,17 @@ check_config!(
     /// gated by a Beta posterior over their label agreement (see [`crate::memory`]). The
     /// check's `threshold` is the lower bound a verdict must clear to act.
     MemoryCheckConfig {
-        /// Cosine similarity at or above which a labelled case counts as near a text (default 0.6).
+        /// Cosine similarity at or above which a labelled case counts as near a text (default 0.65).
         #[serde(default = "memory_radius")]
         radius: f64,
-        /// How many of the nearest labelled cases within `radius` are consulted (default 5).
+        /// How many labels' worth of the nearest cases within `radius` are consulted (default 5;
+        /// labels faded by age count fractionally, so more of them are read).
         #[serde(default = "memory_k")]
         k: usize,
         /// Pseudo-counts of the Beta prior over label agreement (default alpha = 1, beta = 1).
         #[serde(default)]
         prior: crate::memory::BetaPrior,
-        /// Credibility of the posterior lower bound (default 0.9: the 10 % quantile).
+        /// Credibility of the posterior lower bound (default 0.8: the 20 % quantile).
         #[serde(default = "memory_confidence")]
         confidence: f64,
         /// Labels lose half their weight per this many days before the newest label in the

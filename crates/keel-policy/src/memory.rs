@@ -6,19 +6,21 @@
 //! - **Broad abstractions.** Entries are clusters of similar labelled cases (by sentence
 //!   embedding). A text near any case of an entry whose neighbourhood agrees takes the entry's
 //!   label, so a few reports generalise to paraphrases the reviewers never saw.
-//! - **Conflict-aware local rules.** Where the `k` nearest labelled cases within `radius`
+//! - **Conflict-aware local rules.** Where the nearest labelled cases within `radius` (`k`
+//!   labels' worth of them)
 //!   disagree (or the nearest case disagrees with its own entry), the entry is not trusted:
 //!   the nearest neighbours vote instead, so one report in an otherwise "ok" region cannot
 //!   over-generalise.
 //! - **Evidence-aware gating.** Every verdict carries a Beta posterior over the agreement of
 //!   the labels behind it — `Beta(prior.alpha + agreeing, prior.beta + disagreeing)` — and acts
 //!   only when its lower bound at `confidence` clears the check's `threshold`. One label never
-//!   acts alone; three consistent ones do with the defaults; 20 % label noise lowers the bound
+//!   acts alone; two consistent ones do with the defaults; 20 % label noise lowers the bound
 //!   instead of flipping decisions.
 //!
 //! Labels may lose weight with age (`half_life_days`, measured back from the newest label in
 //! the memory, so a policy version always decides the same way), which lets a changed norm
-//! overrule the labels made before the change.
+//! overrule the labels made before the change. Weights count relative to the freshest label
+//! consulted, so age alone never weakens evidence nobody contradicts.
 //!
 //! The check's score is the lower bound of the violation verdict (0 for "ok" and for no
 //! verdict); it hits when the gate opens. Its findings' kinds are the violation category
@@ -45,11 +47,13 @@ pub const OK_KIND: &str = "ok";
 pub const UNSPECIFIED_CATEGORY: &str = "unspecified";
 
 /// Default `radius`: cosine similarity at which a labelled case counts as near.
-pub const DEFAULT_RADIUS: f64 = 0.6;
-/// Default `k`: labelled neighbours consulted.
+pub const DEFAULT_RADIUS: f64 = 0.65;
+/// Default `k`: labels' worth of nearest neighbours consulted (faded labels count fractionally).
 pub const DEFAULT_K: usize = 5;
 /// Default `confidence` of the posterior lower bound.
-pub const DEFAULT_CONFIDENCE: f64 = 0.9;
+pub const DEFAULT_CONFIDENCE: f64 = 0.8;
+/// At most this many times `k` neighbours are consulted, however faded their labels.
+const MAX_NEIGHBOURS_PER_K: usize = 4;
 /// Default prior pseudo-counts (a uniform prior).
 pub const DEFAULT_PRIOR: BetaPrior = BetaPrior { alpha: 1.0, beta: 1.0 };
 
@@ -151,6 +155,7 @@ pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
 /// A case ready for lookup: its vector, label, weight and where it came from.
 struct IndexedCase {
     entry: usize,
+    labelled_at: OffsetDateTime,
     vector: Vec<f32>,
     label: MemoryLabel,
     category: Option<String>,
@@ -165,6 +170,7 @@ struct IndexedEntry {
     category: Option<String>,
     agree: f64,
     disagree: f64,
+    max_weight: f64,
     agreeing_cases: usize,
     cases: usize,
     reviewers: Vec<String>,
@@ -278,11 +284,12 @@ impl MemoryCheck {
         let mut vectors = vectors.into_iter();
         let mut times = times.into_iter();
         for (e, entry) in config.entries.iter().enumerate() {
-            let (mut agree, mut disagree, mut agreeing_cases) = (0.0, 0.0, 0);
+            let (mut agree, mut disagree, mut agreeing_cases, mut max_weight) = (0.0, 0.0, 0, 0.0f64);
             let mut reviewers: Vec<String> = Vec::new();
             for case in &entry.cases {
                 let vector = vectors.next().unwrap_or_default();
                 let weight = times.next().map(weight_of).unwrap_or(1.0);
+                max_weight = max_weight.max(weight);
                 if case.label == entry.label {
                     agree += weight;
                     agreeing_cases += 1;
@@ -294,6 +301,7 @@ impl MemoryCheck {
                 }
                 cases.push(IndexedCase {
                     entry: e,
+                    labelled_at: parse_time(&case.labelled_at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
                     vector,
                     label: case.label,
                     category: case.category.clone(),
@@ -307,6 +315,7 @@ impl MemoryCheck {
                 category: entry.category.clone(),
                 agree,
                 disagree,
+                max_weight,
                 agreeing_cases,
                 cases: entry.cases.len(),
                 reviewers,
@@ -329,9 +338,24 @@ impl MemoryCheck {
     pub(crate) fn explain(&self, vector: &[f32]) -> Explanation {
         let mut scored: Vec<(usize, f64)> =
             self.cases.iter().enumerate().map(|(i, c)| (i, similarity(&c.vector, vector))).collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Equally similar cases (the same text labelled twice): the newer label first.
+        scored.sort_by(|a, b| {
+            b.1.total_cmp(&a.1).then(self.cases[b.0].labelled_at.cmp(&self.cases[a.0].labelled_at)).then(a.0.cmp(&b.0))
+        });
         let nearest_overall = scored.first().map(|&(i, s)| (self.cases[i].case.case_id.clone(), s));
-        let near: Vec<(usize, f64)> = scored.into_iter().take_while(|&(_, s)| s >= self.radius).take(self.k).collect();
+        // Nearest first until `k` labels' worth of weight is consulted: a label faded by age
+        // counts for less, so fresher ones further out still get a say.
+        let mut mass = 0.0;
+        let near: Vec<(usize, f64)> = scored
+            .into_iter()
+            .take_while(|&(_, s)| s >= self.radius)
+            .take_while(|&(i, _)| {
+                let open = mass < self.k as f64;
+                mass += self.cases[i].weight;
+                open
+            })
+            .take(MAX_NEIGHBOURS_PER_K * self.k)
+            .collect();
         let neighbours: Vec<Neighbour> = near
             .iter()
             .map(|&(i, s)| {
@@ -368,16 +392,21 @@ impl MemoryCheck {
         }
         let conflict = near.iter().any(|&(i, _)| self.cases[i].label != label_of_nearest)
             || touched.iter().any(|&e| self.entries[e].label != label_of_nearest);
+        // Weights count relative to the freshest label consulted: age alone does not weaken
+        // uncontested evidence, it only lets newer labels overrule older ones.
         let (mode, label, category, agree, disagree) = if !conflict {
-            let agree = touched.iter().map(|&e| self.entries[e].agree).sum();
-            let disagree = touched.iter().map(|&e| self.entries[e].disagree).sum();
+            let freshest =
+                touched.iter().map(|&e| self.entries[e].max_weight).fold(0.0, f64::max).max(f64::MIN_POSITIVE);
+            let agree = touched.iter().map(|&e| self.entries[e].agree).sum::<f64>() / freshest;
+            let disagree = touched.iter().map(|&e| self.entries[e].disagree).sum::<f64>() / freshest;
             let category = self.entries[self.cases[first].entry].category.clone();
             (Mode::Broad, Some(label_of_nearest), category, agree, disagree)
         } else {
+            let freshest = near.iter().map(|&(i, _)| self.cases[i].weight).fold(0.0, f64::max).max(f64::MIN_POSITIVE);
             let weight_of = |label: MemoryLabel| {
                 near.iter()
                     .filter(|&&(i, _)| self.cases[i].label == label)
-                    .map(|&(i, _)| self.cases[i].weight)
+                    .map(|&(i, _)| self.cases[i].weight / freshest)
                     .sum::<f64>()
             };
             let (violation, ok) = (weight_of(MemoryLabel::Violation), weight_of(MemoryLabel::Ok));
@@ -674,7 +703,7 @@ impl fmt::Display for Explanation {
             self.confidence * 100.0,
             self.threshold
         )?;
-        for n in &self.neighbours {
+        for n in self.neighbours.iter().take(8) {
             let label = match (&n.label, &n.category) {
                 (MemoryLabel::Violation, Some(c)) => format!("violation/{c}"),
                 (label, _) => label.as_str().to_string(),
@@ -695,16 +724,17 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn one_label_is_not_enough_and_three_consistent_ones_are() {
+    fn one_label_is_not_enough_and_two_consistent_ones_are() {
         let bound = |agree: f64, disagree: f64| lower_bound(1.0 + agree, 1.0 + disagree, DEFAULT_CONFIDENCE);
         assert!(bound(1.0, 0.0) < 0.5, "{}", bound(1.0, 0.0));
-        assert!(bound(2.0, 0.0) < 0.5, "{}", bound(2.0, 0.0));
-        assert!(bound(3.0, 0.0) >= 0.5, "{}", bound(3.0, 0.0));
-        // Beta(2, 1) has CDF x², so its 10 % quantile is √0.1.
-        assert!((bound(1.0, 0.0) - 0.1f64.sqrt()).abs() < 1e-6);
+        assert!(bound(2.0, 0.0) >= 0.5, "{}", bound(2.0, 0.0));
+        // Beta(2, 1) has CDF x², so its 20 % quantile is √0.2.
+        assert!((bound(1.0, 0.0) - 0.2f64.sqrt()).abs() < 1e-6);
         // A contradicting label needs more agreement to outweigh it.
-        assert!(bound(4.0, 1.0) < 0.5);
-        assert!(bound(6.0, 1.0) >= 0.5);
+        assert!(bound(2.0, 1.0) < 0.5, "{}", bound(2.0, 1.0));
+        assert!(bound(4.0, 1.0) >= 0.5, "{}", bound(4.0, 1.0));
+        // One label each way is no evidence.
+        assert!(bound(1.0, 1.0) < 0.5);
     }
 
     #[test]

@@ -130,9 +130,14 @@ fn consistent_labels_act_and_expose_their_category() {
     assert!(memory.hit);
     assert_eq!(memory.findings[0].kind, "product_recall");
     assert!(memory.score >= 0.5 && memory.score <= 1.0);
-    // Two of the three are not enough.
-    let p = policy_with("", &entry("e-1", "violation", Some("product_recall"), &cases[..2]));
+    // One of them is not enough.
+    let p = policy_with("", &entry("e-1", "violation", Some("product_recall"), &cases[..1]));
     assert_eq!(judge(&p, "where can I buy the XR-200 blender").0, Action::Allow);
+    // Two agreeing and one contradicting label are not either.
+    let mixed = [cases[0], cases[1], ("c-3", "ok", None, "is the XR-200 blender a good buy")];
+    let p = policy_with("", &entry("e-1", "violation", Some("product_recall"), &mixed));
+    let (action, _, memory) = judge(&p, "should I buy the XR-200 blender");
+    assert_eq!(action, Action::Allow, "{:?}", memory.detail);
 }
 
 #[test]
@@ -220,14 +225,14 @@ fn the_explanation_carries_provenance_and_the_posterior() {
         "reviewers aiko, ken",
         "cases c-1, c-2, c-3",
         "Beta(4.00, 1.00)",
-        "at 90 %",
+        "at 80 %",
         "interaction 0197-c-1",
         "2026-05-01T09:00:00Z",
         "so it acts",
     ] {
         assert!(detail.contains(needle), "missing {needle:?} in {detail}");
     }
-    assert!((memory.score - 0.1f64.powf(0.25)).abs() < 1e-6, "Beta(4,1) has quantile q^(1/4): {}", memory.score);
+    assert!((memory.score - 0.2f64.powf(0.25)).abs() < 1e-6, "Beta(4,1) has quantile q^(1/4): {}", memory.score);
 }
 
 #[test]

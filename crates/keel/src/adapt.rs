@@ -111,11 +111,39 @@ pub async fn candidate(args: CandidateArgs) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// What `keel bench adapt` was asked for; unset values keep the preset's.
+pub struct BenchArgs {
+    pub quick: bool,
+    pub seed: Option<u64>,
+    pub items: Option<usize>,
+    pub label_rate: Option<f64>,
+    pub radius: Option<f64>,
+    pub cluster_similarity: Option<f64>,
+    pub half_life_days: Option<f64>,
+    pub json: bool,
+}
+
 /// Runs the adaptation benchmark on the real MiniLM embedder.
-pub async fn bench(quick: bool, seed: Option<u64>, json: bool) -> anyhow::Result<String> {
-    let mut options = if quick { BenchOptions::quick() } else { BenchOptions::full() };
-    if let Some(seed) = seed {
+pub async fn bench(args: BenchArgs) -> anyhow::Result<String> {
+    let mut options = if args.quick { BenchOptions::quick() } else { BenchOptions::full() };
+    let json = args.json;
+    if let Some(seed) = args.seed {
         options.seed = seed;
+    }
+    if let Some(v) = args.items {
+        options.items = v;
+    }
+    if let Some(v) = args.label_rate {
+        options.label_rate = v;
+    }
+    if let Some(v) = args.radius {
+        options.radius = v;
+    }
+    if let Some(v) = args.cluster_similarity {
+        options.cluster_similarity = v;
+    }
+    if let Some(v) = args.half_life_days {
+        options.half_life_days = v;
     }
     let embedder: Arc<dyn Embedder> = load_models().await?.embedder;
     let report: BenchReport = tokio::task::spawn_blocking(move || keel_adapt::bench::run(&options, embedder)).await??;

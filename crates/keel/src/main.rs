@@ -104,6 +104,21 @@ enum BenchCommand {
         /// Seed of the stream and the simulated reviewers (default: the reported one).
         #[arg(long)]
         seed: Option<u64>,
+        /// Requests in the stream (default 2,400; 800 with --quick).
+        #[arg(long)]
+        items: Option<usize>,
+        /// Share of requests the simulated reviewers label (default 0.1; 0.15 with --quick).
+        #[arg(long)]
+        label_rate: Option<f64>,
+        /// The memory check's radius in every memory variant.
+        #[arg(long)]
+        radius: Option<f64>,
+        /// Cluster similarity of Keel's memory builder.
+        #[arg(long)]
+        cluster_similarity: Option<f64>,
+        /// Half-life of labels in the "Keel memory" variant, in days.
+        #[arg(long)]
+        half_life_days: Option<f64>,
         /// Print the full report as JSON.
         #[arg(long)]
         json: bool,
@@ -319,8 +334,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", adapt::candidate(args).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { command: BenchCommand::Adapt { quick, seed, json } } => {
-            print!("{}", adapt::bench(quick, seed, json).await?);
+        Command::Bench {
+            command:
+                BenchCommand::Adapt { quick, seed, items, label_rate, radius, cluster_similarity, half_life_days, json },
+        } => {
+            let args =
+                adapt::BenchArgs { quick, seed, items, label_rate, radius, cluster_similarity, half_life_days, json };
+            print!("{}", adapt::bench(args).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command: AuditCommand::Verify { store, config } } => {

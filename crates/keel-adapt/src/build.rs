@@ -11,6 +11,7 @@ use keel_models::Embedder;
 use keel_policy::detect::{PiiDetector, PiiKind};
 use keel_policy::memory::{MemoryCase, MemoryEntry, MemoryLabel, UNSPECIFIED_CATEGORY};
 use keel_policy::text::redact;
+use keel_policy::Lang;
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -19,6 +20,8 @@ use crate::labels::{format_time, LabelledCase, ReviewLabel};
 
 /// Default [`BuildSettings::cluster_similarity`].
 pub const DEFAULT_CLUSTER_SIMILARITY: f64 = 0.65;
+/// Default [`BuildSettings::cluster_similarity_ja`] (see `keel_policy::memory::DEFAULT_RADIUS_JA`).
+pub const DEFAULT_CLUSTER_SIMILARITY_JA: f64 = 0.85;
 
 /// How entries are built.
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ pub struct BuildSettings {
     /// A case joins the cluster holding its most similar case when that similarity is at
     /// least this (single linkage, in label-time order); otherwise it starts a new entry.
     pub cluster_similarity: f64,
+    /// The same for Japanese cases, whose similarities run high with the English MiniLM.
+    pub cluster_similarity_ja: f64,
     /// Replace personal data in case texts with typed placeholders before they enter the
     /// policy file (the texts are stored in every version of it).
     pub redact_pii: bool,
@@ -40,6 +45,7 @@ impl Default for BuildSettings {
     fn default() -> Self {
         BuildSettings {
             cluster_similarity: DEFAULT_CLUSTER_SIMILARITY,
+            cluster_similarity_ja: DEFAULT_CLUSTER_SIMILARITY_JA,
             redact_pii: true,
             half_life_days: None,
             output_memory: false,
@@ -92,7 +98,8 @@ pub fn build_entries(
     embedder: &dyn Embedder,
     settings: &BuildSettings,
 ) -> Result<(Vec<MemoryEntry>, BuildReport)> {
-    if !(settings.cluster_similarity > 0.0 && settings.cluster_similarity <= 1.0) {
+    let valid = |s: f64| s > 0.0 && s <= 1.0;
+    if !valid(settings.cluster_similarity) || !valid(settings.cluster_similarity_ja) {
         return Err(AdaptError::Options("cluster similarity must be greater than 0 and at most 1".into()));
     }
     let mut report = BuildReport { labels: labels.len(), ..BuildReport::default() };
@@ -156,9 +163,13 @@ pub fn build_entries(
     let mut clusters: Vec<Vec<usize>> = Vec::new();
     let mut cluster_of: Vec<usize> = Vec::with_capacity(cases.len());
     for i in 0..cases.len() {
+        let threshold = match Lang::detect(&cases[i].1.text) {
+            Lang::Ja => settings.cluster_similarity_ja,
+            Lang::En => settings.cluster_similarity,
+        };
         let best = (0..i)
             .map(|j| (cluster_of[j], dot(&vectors[i], &vectors[j])))
-            .filter(|&(_, s)| s >= settings.cluster_similarity)
+            .filter(|&(_, s)| s >= threshold)
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
         let cluster = match best {
             Some((cluster, _)) => cluster,

@@ -228,6 +228,9 @@ check_config!(
         /// Cosine similarity at or above which a labelled case counts as near a text (default 0.65).
         #[serde(default = "memory_radius")]
         radius: f64,
+        /// The radius for Japanese texts, whose MiniLM similarities run high (default 0.85).
+        #[serde(default = "memory_radius_ja")]
+        radius_ja: f64,
         /// How many labels' worth of the nearest cases within `radius` are consulted (default 5;
         /// labels faded by age count fractionally, so more of them are read).
         #[serde(default = "memory_k")]
@@ -250,6 +253,10 @@ check_config!(
 
 fn memory_radius() -> f64 {
     crate::memory::DEFAULT_RADIUS
+}
+
+fn memory_radius_ja() -> f64 {
+    crate::memory::DEFAULT_RADIUS_JA
 }
 
 fn memory_k() -> usize {

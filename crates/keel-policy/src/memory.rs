@@ -40,6 +40,7 @@ use time::OffsetDateTime;
 use crate::check::{BuildError, Check, CheckError, CheckInput, CheckOutput, Scope};
 use crate::file::MemoryCheckConfig;
 use crate::source::PathSegment::{Index, Key};
+use crate::text::Lang;
 
 /// The finding kind of a confident "ok" verdict.
 pub const OK_KIND: &str = "ok";
@@ -48,6 +49,10 @@ pub const UNSPECIFIED_CATEGORY: &str = "unspecified";
 
 /// Default `radius`: cosine similarity at which a labelled case counts as near.
 pub const DEFAULT_RADIUS: f64 = 0.65;
+/// Default `radius_ja`: the radius for Japanese texts. all-MiniLM-L6-v2 is an English model:
+/// Japanese texts share many sub-word tokens, so even unrelated ones score 0.5–0.8 (see
+/// `cargo run -p keel-adapt --example topic_similarity`), and a tighter radius keeps topics apart.
+pub const DEFAULT_RADIUS_JA: f64 = 0.85;
 /// Default `k`: labels' worth of nearest neighbours consulted (faded labels count fractionally).
 pub const DEFAULT_K: usize = 5;
 /// Default `confidence` of the posterior lower bound.
@@ -183,6 +188,7 @@ pub(crate) struct MemoryCheck {
     entries: Vec<IndexedEntry>,
     cases: Vec<IndexedCase>,
     radius: f64,
+    radius_ja: f64,
     k: usize,
     prior: BetaPrior,
     confidence: f64,
@@ -198,6 +204,9 @@ impl MemoryCheck {
         let at = |path: Vec<crate::source::PathSegment>, message: String| BuildError { field: path, message };
         if !(config.radius > 0.0 && config.radius <= 1.0) {
             return Err(at(vec![Key("radius".into())], "must be greater than 0 and at most 1".into()));
+        }
+        if !(config.radius_ja > 0.0 && config.radius_ja <= 1.0) {
+            return Err(at(vec![Key("radius_ja".into())], "must be greater than 0 and at most 1".into()));
         }
         if config.k == 0 {
             return Err(at(vec![Key("k".into())], "must be at least 1".into()));
@@ -327,6 +336,7 @@ impl MemoryCheck {
             entries,
             cases,
             radius: config.radius,
+            radius_ja: config.radius_ja,
             k: config.k,
             prior: config.prior,
             confidence: config.confidence,
@@ -335,7 +345,11 @@ impl MemoryCheck {
     }
 
     /// The memory's verdict on a text's embedding, with its explanation.
-    pub(crate) fn explain(&self, vector: &[f32]) -> Explanation {
+    pub(crate) fn explain(&self, vector: &[f32], lang: Lang) -> Explanation {
+        let radius = match lang {
+            Lang::Ja => self.radius_ja,
+            Lang::En => self.radius,
+        };
         let mut scored: Vec<(usize, f64)> =
             self.cases.iter().enumerate().map(|(i, c)| (i, similarity(&c.vector, vector))).collect();
         // Equally similar cases (the same text labelled twice): the newer label first.
@@ -348,7 +362,7 @@ impl MemoryCheck {
         let mut mass = 0.0;
         let near: Vec<(usize, f64)> = scored
             .into_iter()
-            .take_while(|&(_, s)| s >= self.radius)
+            .take_while(|&(_, s)| s >= radius)
             .take_while(|&(i, _)| {
                 let open = mass < self.k as f64;
                 mass += self.cases[i].weight;
@@ -377,7 +391,7 @@ impl MemoryCheck {
         let Some(&(first, _)) = near.first() else {
             return Explanation {
                 mode: Mode::NoEvidence,
-                radius: self.radius,
+                radius,
                 nearest: nearest_overall,
                 ..self.empty_explanation()
             };
@@ -432,7 +446,7 @@ impl MemoryCheck {
             confidence: self.confidence,
             threshold: self.threshold,
             acts: label.is_some() && bound >= self.threshold && bound > 0.0,
-            radius: self.radius,
+            radius,
             entries: touched
                 .iter()
                 .map(|&e| {
@@ -521,7 +535,7 @@ impl Check for MemoryCheck {
             return Ok(CheckOutput::default());
         }
         let vector = input.embedding(self.embedder.as_ref())?;
-        let explanation = self.explain(vector);
+        let explanation = self.explain(vector, Lang::detect(text));
         let detail = explanation.to_string();
         let score = match explanation.label {
             Some(MemoryLabel::Violation) => explanation.lower_bound,

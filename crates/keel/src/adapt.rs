@@ -71,7 +71,7 @@ pub async fn candidate(args: CandidateArgs) -> anyhow::Result<String> {
             cluster_similarity: args.cluster_similarity,
             redact_pii: !args.keep_pii,
             half_life_days: args.half_life_days,
-            output_memory: false,
+            ..BuildSettings::default()
         },
     };
     let (base, output) = (args.base.display().to_string(), args.output.display().to_string());

@@ -771,6 +771,9 @@ mod tests {
         fn the_bound_is_a_probability_below_the_mean(alpha in 0.01f64..500.0, beta in 0.01f64..500.0, confidence in 0.5f64..0.999) {
             let b = lower_bound(alpha, beta, confidence);
             prop_assert!((0.0..=1.0).contains(&b));
+            // A strongly skewed posterior can have its median above its mean; the bounds in use
+            // (confidence ≥ 0.75, pseudo-counts ≥ 0.5) stay below it.
+            prop_assume!(confidence >= 0.75 && alpha >= 0.5 && beta >= 0.5);
             let mean = alpha / (alpha + beta);
             prop_assert!(b <= mean + 1e-9, "bound {b} above the mean {mean}");
         }

@@ -336,9 +336,9 @@ impl BenchOptions {
         }
     }
 
-    /// A CI-speed run (fewer requests, a denser review).
+    /// A faster run: half the requests, reviewed twice as densely.
     pub fn quick() -> Self {
-        BenchOptions { items: 800, label_rate: 0.15, refresh_every: 50, window: 100, ..BenchOptions::full() }
+        BenchOptions { items: 1_200, label_rate: 0.2, refresh_every: 50, window: 100, ..BenchOptions::full() }
     }
 }
 

@@ -7,6 +7,7 @@
 mod adapt;
 mod config;
 mod demo;
+mod demo_memory;
 mod models;
 mod serve;
 
@@ -98,16 +99,16 @@ enum Command {
 enum BenchCommand {
     /// Policy adaptation after a norm change: static policy vs naive memory vs Keel's memory.
     Adapt {
-        /// A CI-speed run (800 requests instead of 2,400).
+        /// A faster run: 1,200 requests with 20 % labelled instead of 2,400 with 10 %.
         #[arg(long)]
         quick: bool,
         /// Seed of the stream and the simulated reviewers (default: the reported one).
         #[arg(long)]
         seed: Option<u64>,
-        /// Requests in the stream (default 2,400; 800 with --quick).
+        /// Requests in the stream (default 2,400; 1,200 with --quick).
         #[arg(long)]
         items: Option<usize>,
-        /// Share of requests the simulated reviewers label (default 0.1; 0.15 with --quick).
+        /// Share of requests the simulated reviewers label (default 0.1; 0.2 with --quick).
         #[arg(long)]
         label_rate: Option<f64>,
         /// The memory check's radius in every memory variant.
@@ -294,7 +295,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command: PolicyCommand::Check { file } } => {
-            let policy = keel_policy::Policy::load(&file)?;
+            let models = serve::models_for(Some(&file)).await?;
+            let policy = keel_policy::Policy::load_with(&file, &models)?;
             println!("{}: OK\n{}", file.display(), policy.summary());
             Ok(ExitCode::SUCCESS)
         }

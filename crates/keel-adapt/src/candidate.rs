@@ -148,10 +148,10 @@ pub fn build_candidate(
         if let Some(h) = settings.half_life_days {
             table["half_life_days"] = toml_edit::value(h);
         }
-        table.decor_mut().set_prefix(format!(
+        table.decor_mut().set_prefix(
             "\n# Policy memory built from reviewed cases by `keel policy candidate` (see the README's\n\
-             # \"Policy memory\"): entries are clusters of labelled cases with their provenance.\n"
-        ));
+             # \"Policy memory\"): entries are clusters of labelled cases with their provenance.\n",
+        );
         checks.push(table);
         let last = checks.len() - 1;
         checks.get_mut(last).ok_or_else(|| base_error("cannot add the memory check".into()))?

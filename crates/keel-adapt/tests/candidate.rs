@@ -53,7 +53,7 @@ fn label(id: &str, label: &str, category: Option<&str>, text: &str, day: u32) ->
     format!(
         "{{\"case_id\":\"{id}\",\"interaction_id\":\"i-{id}\",\"text\":{},\"label\":\"{label}\"{category},\"reviewer\":\"{}\",\"labelled_at\":\"2026-05-{day:02}T09:00:00Z\"}}\n",
         serde_json::to_string(text).unwrap(),
-        if day % 2 == 0 { "aiko" } else { "ken" }
+        if day.is_multiple_of(2) { "aiko" } else { "ken" }
     )
 }
 

@@ -2,7 +2,7 @@
 //! per-category kinds, provenance in explanations and load-time validation. These run on a
 //! bag-of-words embedder (`common::WordEmbedder`) so the logic is tested exactly and fast;
 //! `memory_minilm.rs` runs paraphrases through the real MiniLM.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

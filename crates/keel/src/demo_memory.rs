@@ -1,4 +1,4 @@
-//! The demo's policy-memory step: three reviewers' labels of XR-200 purchase requests become a
+//! The demo's policy-memory step: five labels by three reviewers of XR-200 purchase requests become a
 //! candidate version of the demo policy (the active one is not touched), and a paraphrase the
 //! reviewers never saw is judged by both, with the memory's explanation.
 
@@ -13,6 +13,7 @@ const LABELS: &str = r#"{"case_id":"demo-1","text":"Should I buy the XR-200 blen
 {"case_id":"demo-2","text":"Where can I order an XR-200?","label":"violation","category":"product_recall","reviewer":"ken","labelled_at":"2026-05-01T09:05:00Z"}
 {"case_id":"demo-3","text":"XR-200を購入したいです。","label":"violation","category":"product_recall","reviewer":"mei","labelled_at":"2026-05-01T09:10:00Z"}
 {"case_id":"demo-4","text":"I want to purchase an XR-200 blender.","label":"violation","category":"product_recall","reviewer":"mei","labelled_at":"2026-05-01T09:12:00Z"}
+{"case_id":"demo-5","text":"XR-200を注文したいです。","label":"violation","category":"product_recall","reviewer":"aiko","labelled_at":"2026-05-01T09:15:00Z"}
 "#;
 
 /// Requests no reviewer labelled: one close to the labels, one unrelated.

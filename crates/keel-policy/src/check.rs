@@ -17,6 +17,7 @@ use crate::detect::{
 use keel_models::{Embedder, InjectionClassifier};
 
 use crate::file::{CheckConfig, KeywordsCheckConfig, LengthCheckConfig, RegexCheckConfig, SemanticCheckConfig};
+use crate::memory::MemoryCheck;
 use crate::policy::Models;
 
 /// What a check found in one text.
@@ -155,6 +156,7 @@ pub fn build(config: &CheckConfig, threshold: f64, models: &Models) -> Result<Ar
             })?;
             Arc::new(ClassifierCheck { embedder: embedder(models)?, classifier })
         }
+        CheckConfig::Memory(c) => Arc::new(MemoryCheck::build(c, threshold, embedder(models)?)?),
     })
 }
 

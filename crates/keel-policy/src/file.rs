@@ -20,6 +20,12 @@ pub struct PolicyFile {
     /// What the policy is for.
     #[serde(default)]
     pub description: String,
+    /// The version this one was derived from (`name@version`), e.g. by `keel policy candidate`.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Lowercase hex SHA-256 of the parent version's file text, so the lineage is checkable.
+    #[serde(default)]
+    pub parent_sha256: Option<String>,
     /// A policy this one builds on: `"default"` for the built-in pack, or a file path
     /// (relative to this file). Its checks and rules come first; this file adds to them.
     #[serde(default)]
@@ -219,6 +225,53 @@ check_config!(
     InjectionClassifierCheckConfig {}
 );
 
+check_config!(
+    /// Policy memory: labelled cases (clusters with provenance) that decide similar new texts,
+    /// gated by a Beta posterior over their label agreement (see [`crate::memory`]). The
+    /// check's `threshold` is the lower bound a verdict must clear to act.
+    MemoryCheckConfig {
+        /// Cosine similarity at or above which a labelled case counts as near a text (default 0.65).
+        #[serde(default = "memory_radius")]
+        radius: f64,
+        /// The radius for Japanese texts, whose MiniLM similarities run high (default 0.85).
+        #[serde(default = "memory_radius_ja")]
+        radius_ja: f64,
+        /// How many labels' worth of the nearest cases within `radius` are consulted (default 5;
+        /// labels faded by age count fractionally, so more of them are read).
+        #[serde(default = "memory_k")]
+        k: usize,
+        /// Pseudo-counts of the Beta prior over label agreement (default alpha = 1, beta = 1).
+        #[serde(default)]
+        prior: crate::memory::BetaPrior,
+        /// Credibility of the posterior lower bound (default 0.8: the 20 % quantile).
+        #[serde(default = "memory_confidence")]
+        confidence: f64,
+        /// Labels lose half their weight per this many days before the newest label in the
+        /// memory (default: no decay).
+        #[serde(default)]
+        half_life_days: Option<f64>,
+        /// The memory's entries (written by `keel policy candidate`).
+        #[serde(default)]
+        entries: Vec<crate::memory::MemoryEntry>,
+    }
+);
+
+fn memory_radius() -> f64 {
+    crate::memory::DEFAULT_RADIUS
+}
+
+fn memory_radius_ja() -> f64 {
+    crate::memory::DEFAULT_RADIUS_JA
+}
+
+fn memory_k() -> usize {
+    crate::memory::DEFAULT_K
+}
+
+fn memory_confidence() -> f64 {
+    crate::memory::DEFAULT_CONFIDENCE
+}
+
 /// One check, tagged by its kind.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -241,6 +294,8 @@ pub enum CheckConfig {
     Semantic(SemanticCheckConfig),
     /// See [`InjectionClassifierCheckConfig`].
     InjectionClassifier(InjectionClassifierCheckConfig),
+    /// See [`MemoryCheckConfig`].
+    Memory(MemoryCheckConfig),
 }
 
 /// A check's common settings, whatever its kind.
@@ -270,6 +325,7 @@ impl CheckConfig {
             CheckConfig::Length(_) => "length",
             CheckConfig::Semantic(_) => "semantic",
             CheckConfig::InjectionClassifier(_) => "injection_classifier",
+            CheckConfig::Memory(_) => "memory",
         }
     }
 
@@ -296,12 +352,13 @@ impl CheckConfig {
             CheckConfig::Length(c) => common!(c),
             CheckConfig::Semantic(c) => common!(c),
             CheckConfig::InjectionClassifier(c) => common!(c),
+            CheckConfig::Memory(c) => common!(c),
         }
     }
 
     /// True when the check needs the sentence embedder.
     pub fn needs_embedder(&self) -> bool {
-        matches!(self, CheckConfig::Semantic(_) | CheckConfig::InjectionClassifier(_))
+        matches!(self, CheckConfig::Semantic(_) | CheckConfig::InjectionClassifier(_) | CheckConfig::Memory(_))
     }
 }
 

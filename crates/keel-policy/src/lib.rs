@@ -9,6 +9,7 @@ pub mod check;
 pub mod detect;
 pub mod expr;
 pub mod file;
+pub mod memory;
 mod policy;
 pub mod source;
 pub mod stream;

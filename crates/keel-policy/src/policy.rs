@@ -69,6 +69,8 @@ pub struct Policy {
     name: String,
     version: String,
     description: String,
+    parent: Option<String>,
+    parent_sha256: Option<String>,
     on_check_error: OnCheckError,
     stream_window_bytes: usize,
     messages: Messages,
@@ -397,6 +399,8 @@ impl Policy {
             name: raw.name,
             version: raw.version,
             description: raw.description,
+            parent: raw.parent,
+            parent_sha256: raw.parent_sha256,
             on_check_error,
             stream_window_bytes,
             messages,
@@ -415,6 +419,16 @@ impl Policy {
     /// The policy's description.
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// The version this one was derived from (`name@version`), when recorded.
+    pub fn parent(&self) -> Option<&str> {
+        self.parent.as_deref()
+    }
+
+    /// Lowercase hex SHA-256 of the parent version's text, when recorded.
+    pub fn parent_sha256(&self) -> Option<&str> {
+        self.parent_sha256.as_deref()
     }
 
     /// Lowercase hex SHA-256 of the policy file's text.
@@ -797,7 +811,7 @@ mod tests {
         insta::assert_snapshot!(err("[[checks]]\nname = \"Bad Name\"\nkind = \"pii\"\n"),
             @"p.toml:7:8: checks[0].name: `Bad Name` is not a valid check name (use lowercase letters, digits and _, starting with a letter)");
         insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"telepathy\"\n"),
-            @"p.toml:8:8: unknown variant `telepathy`, expected one of `regex`, `keywords`, `pii`, `secret`, `injection`, `refusal`, `length`, `semantic`, `injection_classifier`");
+            @"p.toml:8:8: unknown variant `telepathy`, expected one of `regex`, `keywords`, `pii`, `secret`, `injection`, `refusal`, `length`, `semantic`, `injection_classifier`, `memory`");
         insta::assert_snapshot!(err("[[checks]]\nname = \"a\"\nkind = \"pii\"\ncolour = \"red\"\n"),
             @"p.toml:6:1: unknown field `colour`, expected one of `name`, `phase`, `threshold`, `max_input_bytes`, `mode`, `kinds`");
         insta::assert_snapshot!(err("[[rules]]\nname = \"r\"\nwhen = \"true\"\naction = \"explode\"\n"),

@@ -129,6 +129,9 @@ pub async fn run(listen: Option<String>, store: Option<String>, exit: bool, scri
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}. {}\n{}", n + 1, scenario.title, report)?;
     }
+    if let Some(path) = config.policy.as_deref().filter(|_| !scripted) {
+        print!("{}", crate::demo_memory::run(path).await?);
+    }
     gateway.state.writer().flush().await?;
     let verify = gateway.state.store().verify().await?;
     let mut out = std::io::stdout().lock();

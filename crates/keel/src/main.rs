@@ -4,8 +4,10 @@
 // A command-line tool prints its results to stdout by design.
 #![allow(clippy::print_stdout)]
 
+mod adapt;
 mod config;
 mod demo;
+mod demo_memory;
 mod models;
 mod serve;
 
@@ -86,6 +88,42 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Benchmarks of Keel's behaviour.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Policy adaptation after a norm change: static policy vs naive memory vs Keel's memory.
+    Adapt {
+        /// A faster run: 1,200 requests with 20 % labelled instead of 2,400 with 10 %.
+        #[arg(long)]
+        quick: bool,
+        /// Seed of the stream and the simulated reviewers (default: the reported one).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Requests in the stream (default 2,400; 1,200 with --quick).
+        #[arg(long)]
+        items: Option<usize>,
+        /// Share of requests the simulated reviewers label (default 0.1; 0.2 with --quick).
+        #[arg(long)]
+        label_rate: Option<f64>,
+        /// The memory check's radius in every memory variant.
+        #[arg(long)]
+        radius: Option<f64>,
+        /// Cluster similarity of Keel's memory builder.
+        #[arg(long)]
+        cluster_similarity: Option<f64>,
+        /// Half-life of labels in the "Keel memory" variant, in days.
+        #[arg(long)]
+        half_life_days: Option<f64>,
+        /// Print the full report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,6 +148,62 @@ enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
+    /// Build a candidate version from labelled cases: the base's text with its memory updated.
+    Candidate {
+        /// Labelled cases, one JSON object per line (see the README's "Policy memory").
+        #[arg(long = "from-labels", value_name = "FILE.jsonl")]
+        from_labels: PathBuf,
+        /// The base policy version (only read, never changed).
+        #[arg(long, value_name = "POLICY_FILE")]
+        base: PathBuf,
+        /// Where to write the candidate (a new file).
+        #[arg(long, short, value_name = "NEW_FILE")]
+        output: PathBuf,
+        /// The candidate's version (default: the base's with `-mem.N` bumped).
+        #[arg(long)]
+        version: Option<String>,
+        /// Name of the memory check (created if the base has none).
+        #[arg(long, default_value = "memory")]
+        check: String,
+        /// Phase of a created memory check: input, output or both.
+        #[arg(long, default_value = "input", value_parser = parse_phase)]
+        phase: keel_policy::file::PhaseSelector,
+        /// Action of the rule a created memory check gets.
+        #[arg(long, default_value = "block", value_parser = parse_action)]
+        action: keel_core::Action,
+        /// Priority of that rule.
+        #[arg(long, default_value_t = keel_adapt::candidate::DEFAULT_RULE_PRIORITY)]
+        priority: i32,
+        /// A rule that confident "ok" memory may lift (over-refusals); repeatable.
+        #[arg(long)]
+        lift: Vec<String>,
+        /// Similarity at which a case joins an existing entry's cluster.
+        #[arg(long, default_value_t = keel_adapt::build::DEFAULT_CLUSTER_SIMILARITY)]
+        cluster_similarity: f64,
+        /// Age half-life of labels for a created memory check, in days (default: no decay).
+        #[arg(long)]
+        half_life_days: Option<f64>,
+        /// Keep personal data in case texts (default: replaced with [KIND] placeholders).
+        #[arg(long)]
+        keep_pii: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_phase(text: &str) -> Result<keel_policy::file::PhaseSelector, String> {
+    match text {
+        "input" => Ok(keel_policy::file::PhaseSelector::Input),
+        "output" => Ok(keel_policy::file::PhaseSelector::Output),
+        "both" => Ok(keel_policy::file::PhaseSelector::Both),
+        other => Err(format!("`{other}` is not a phase (input, output, both)")),
+    }
+}
+
+fn parse_action(text: &str) -> Result<keel_core::Action, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("`{text}` is not an action (allow, flag, redact, escalate, block)"))
 }
 
 #[derive(Subcommand)]
@@ -201,8 +295,54 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command: PolicyCommand::Check { file } } => {
-            let policy = keel_policy::Policy::load(&file)?;
+            let models = serve::models_for(Some(&file)).await?;
+            let policy = keel_policy::Policy::load_with(&file, &models)?;
             println!("{}: OK\n{}", file.display(), policy.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Candidate {
+                    from_labels,
+                    base,
+                    output,
+                    version,
+                    check,
+                    phase,
+                    action,
+                    priority,
+                    lift,
+                    cluster_similarity,
+                    half_life_days,
+                    keep_pii,
+                    json,
+                },
+        } => {
+            let args = adapt::CandidateArgs {
+                labels: from_labels,
+                base,
+                output,
+                version,
+                check,
+                phase,
+                action,
+                priority,
+                lift,
+                cluster_similarity,
+                half_life_days,
+                keep_pii,
+                json,
+            };
+            print!("{}", adapt::candidate(args).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Adapt { quick, seed, items, label_rate, radius, cluster_similarity, half_life_days, json },
+        } => {
+            let args =
+                adapt::BenchArgs { quick, seed, items, label_rate, radius, cluster_similarity, half_life_days, json };
+            print!("{}", adapt::bench(args).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command: AuditCommand::Verify { store, config } } => {

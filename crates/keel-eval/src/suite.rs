@@ -714,6 +714,32 @@ cases:
         insta::assert_snapshot!(Suite::parse("s.jsonl", jsonl).unwrap_err().to_string(), @"s.jsonl:2: cases[0].expect.refuses: invalid type: string \"yes\", expected a boolean");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_is_refused_or_parsed_never_a_panic(text in proptest::prelude::any::<String>()) {
+            let _ = Suite::parse("s.yaml", &text);
+            let _ = Suite::parse("s.jsonl", &text);
+        }
+
+        #[test]
+        fn a_generated_suite_parses_and_its_hash_ignores_layout(
+            ids in proptest::collection::btree_set("[a-z][a-z0-9-]{0,12}", 1..6),
+            prompt in "[a-zA-Z0-9 ?]{1,40}",
+            spaces in 1usize..4,
+        ) {
+            let cases: String = ids
+                .iter()
+                .map(|id| format!("  - id: {id}\n    prompt: \"{prompt}\"\n    expect: {{ refuses: true }}\n"))
+                .collect();
+            let text = format!("name: g\nversion: '1'\ncases:\n{cases}");
+            let suite = Suite::parse("g.yaml", &text).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(suite.cases.len(), ids.len());
+            let relaid = text.replace("prompt:", &format!("prompt:{}", " ".repeat(spaces)));
+            let again = Suite::parse("g.yaml", &relaid).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(suite.sha256(), again.sha256());
+        }
+    }
+
     #[test]
     fn value_shift_decisions_need_the_policy_pair() {
         let text = "name: x\nversion: '1'\ncases:\n  - id: a\n    prompt: hi\n    expect:\n      decision: { before: allow, after: escalate }\n";

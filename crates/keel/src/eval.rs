@@ -520,9 +520,9 @@ fn compare(a: &str, b: &str, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn gate_command(run: &str, gate: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let (_, record) = load_run(run)?;
+    let (path, record) = load_run(run)?;
     let gate = load_gate(gate)?;
-    let outcome = gate.evaluate(&record);
+    let outcome = keel_eval::GateOutcome { run_sha256: Some(record::file_sha256(&path)?), ..gate.evaluate(&record) };
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&outcome)?)?;

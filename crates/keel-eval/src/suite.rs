@@ -416,6 +416,9 @@ impl RawCase {
             }
         }
         let category = self.category.or(default_category.map(str::to_string)).unwrap_or_else(|| "default".into());
+        if category == "all" {
+            return Err(problem("category", "`all` is reserved for the whole run in summaries and gates".into()));
+        }
         if category.is_empty() || !category.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
             return Err(problem(
                 "category",

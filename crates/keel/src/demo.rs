@@ -133,6 +133,8 @@ pub async fn run(listen: Option<String>, store: Option<String>, exit: bool, scri
         print!("{}", crate::demo_memory::run(path).await?);
     }
     gateway.state.writer().flush().await?;
+    let evaluation = crate::demo_eval::run(gateway.state.policy(), gateway.state.store(), &store).await?;
+    writeln!(std::io::stdout().lock(), "{evaluation}")?;
     let verify = gateway.state.store().verify().await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "Audit chain: {}", serde_json::to_string(&verify)?)?;

@@ -8,6 +8,8 @@ mod adapt;
 mod config;
 mod demo;
 mod demo_memory;
+mod demo_eval;
+mod eval;
 mod models;
 mod serve;
 
@@ -87,6 +89,16 @@ enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// Evaluation: run suites against targets, report, compare, gate, verify.
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
+    },
+    /// Evaluation suites: the shipped ones and those pulled from pinned packages.
+    Suites {
+        #[command(subcommand)]
+        command: eval::SuitesCommand,
     },
     /// Benchmarks of Keel's behaviour.
     Bench {
@@ -401,6 +413,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Eval { command } => Ok(eval::run(command).await),
+        Command::Suites { command } => eval::suites_command(command).await,
         Command::Config { command: ConfigCommand::Example } => {
             print!("{}", config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
@@ -417,6 +431,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The store URL from `--store`, else from `--config`'s file, else `$KEEL_HOME/keel.db`.
 fn store_url(store: Option<String>, config_path: Option<PathBuf>) -> anyhow::Result<String> {
     if let Some(url) = store {
         return Ok(url);

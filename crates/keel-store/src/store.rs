@@ -19,6 +19,12 @@ pub trait InteractionStore: Send + Sync {
     /// Summaries of the interactions matching `filter`, newest first (ties broken by id), at
     /// most `filter.effective_limit()` of them; pass the last id as `before` for the next page.
     async fn list_interactions(&self, filter: &InteractionFilter) -> Result<Vec<InteractionSummary>>;
+
+    /// Up to `limit` interactions stored after insertion sequence number `after_seq`, in
+    /// insertion order, each with its sequence number: what a reader that must see every new
+    /// row exactly once (the drift monitor) pages through. Insertion order, not `created_at`,
+    /// because ingested interactions keep their historical times.
+    async fn interactions_after(&self, after_seq: i64, limit: u32) -> Result<Vec<(i64, Interaction)>>;
 }
 
 /// Reading and checking the hash-chained audit log.

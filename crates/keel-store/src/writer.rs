@@ -403,6 +403,9 @@ mod tests {
         async fn list_interactions(&self, filter: &InteractionFilter) -> Result<Vec<InteractionSummary>> {
             self.inner.list_interactions(filter).await
         }
+        async fn interactions_after(&self, after_seq: i64, limit: u32) -> Result<Vec<(i64, Interaction)>> {
+            self.inner.interactions_after(after_seq, limit).await
+        }
     }
 
     #[async_trait]

@@ -28,6 +28,8 @@ use crate::store::{AuditStore, HandoffStore, InteractionStore, Store};
 use crate::types::{checks_hit, HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, WriteBatch};
 use crate::url::RedactedUrl;
 
+mod drift;
+
 /// The SQLite schema's versioned migrations, embedded at build time.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 

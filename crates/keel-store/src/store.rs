@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use keel_core::{AuditRecord, Interaction, InteractionId};
 
+use crate::drift::DriftStore;
 use crate::error::Result;
 use crate::types::{HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, VerifyReport, WriteBatch};
 
@@ -53,7 +54,7 @@ pub trait HandoffStore: Send + Sync {
 
 /// A complete Keel store: every reading concern plus the single write entry point.
 #[async_trait]
-pub trait Store: InteractionStore + AuditStore + HandoffStore {
+pub trait Store: InteractionStore + AuditStore + HandoffStore + DriftStore {
     /// Writes the batch in one transaction and returns the audit records it appended: one
     /// `decision` record (actor `gateway`) per interaction in order, then one per explicit
     /// entry in order. Nothing is written when it fails.

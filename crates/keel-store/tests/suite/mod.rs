@@ -7,6 +7,8 @@
 // Test support: failing loudly is the point, and not every backend uses every helper.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod drift;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +66,10 @@ macro_rules! store_test_suite {
             writer_close_writes_what_was_accepted_and_refuses_more,
             writer_keeps_audit_order,
             interactions_after_pages_in_insertion_order,
+            drift_commit_stores_state_alerts_and_audit_atomically,
+            alert_transitions_follow_the_state_machine_and_are_audited,
+            monitor_lease_has_one_holder_until_it_expires,
+            alert_deliveries_are_recorded_and_rescheduled,
         );
         $crate::store_test_suite!(@harness $make;
             audit_chain_continues_after_reopening,
@@ -96,6 +102,8 @@ macro_rules! store_test_suite {
         )*
     };
 }
+
+pub use drift::*;
 
 // ---------------------------------------------------------------------------------------------
 // Data builders

@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout)]
 
 mod config;
+mod config_monitor;
 mod demo;
 mod models;
 mod serve;
@@ -262,7 +263,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { command: ConfigCommand::Example } => {
-            print!("{}", config::EXAMPLE);
+            print!("{}", config::example());
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command: KeysCommand::New { name, app, admin } } => {

@@ -8,6 +8,7 @@ mod config;
 mod config_monitor;
 mod demo;
 mod models;
+mod monitoring;
 mod serve;
 
 use std::io::{IsTerminal, Write};

@@ -351,7 +351,7 @@ fn detector(
         .map_err(|e| source.error_at(&here.field("direction"), format!("must be both, up or down ({e})")))?;
     if let Err(e) = detector.validate() {
         let (field, message) = match &e {
-            MonitorError::InvalidConfig { field, reason, .. } => (*field, format!("{reason}")),
+            MonitorError::InvalidConfig { field, reason, .. } => (*field, reason.clone()),
             other => ("method", other.to_string()),
         };
         bail!(source.error_at(&here.field(field), message));

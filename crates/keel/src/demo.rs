@@ -10,6 +10,7 @@ use keel_scripted_upstream::{Options, Script};
 use serde_json::{json, Value};
 
 use crate::config::{self, Config, Overrides};
+use crate::demo_drift;
 use crate::serve;
 
 /// The model id of the built-in scripted support model.
@@ -102,6 +103,7 @@ pub async fn run(listen: Option<String>, store: Option<String>, exit: bool, scri
         store: Some(store.clone()),
     };
     let mut config: Config = config::load(None, overrides)?;
+    let drift = demo_drift::prepare(&mut config).await?;
     let gateway = match serve::start(&config).await {
         Ok(g) => g,
         Err(e) if config.listen.port() != 0 => {
@@ -129,6 +131,7 @@ pub async fn run(listen: Option<String>, store: Option<String>, exit: bool, scri
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}. {}\n{}", n + 1, scenario.title, report)?;
     }
+    drift.run(&gateway, &base, &keel_store::redact_url(&store)).await?;
     gateway.state.writer().flush().await?;
     let verify = gateway.state.store().verify().await?;
     let mut out = std::io::stdout().lock();

@@ -8,6 +8,7 @@ mod alerts_cli;
 mod config;
 mod config_monitor;
 mod demo;
+mod demo_drift;
 mod models;
 mod monitoring;
 mod serve;

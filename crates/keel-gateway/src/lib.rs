@@ -43,6 +43,12 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(api_alerts::metrics))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::not_found(None, "no such route") })
+        // One span per request (method, path): what `tracing` subscribers and the binary's
+        // OpenTelemetry export see. Spans carry no bodies or headers.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO)),
+        )
         .with_state(state)
 }
 

@@ -11,6 +11,8 @@ mod demo;
 mod demo_drift;
 mod models;
 mod monitoring;
+#[cfg(feature = "otel")]
+mod otel;
 mod serve;
 
 use std::io::{IsTerminal, Write};
@@ -243,14 +245,22 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter).with(logs);
+    #[cfg(feature = "otel")]
+    let (registry, otel_provider) = match otel::layer() {
+        Ok(Some((layer, provider))) => (registry.with(Some(layer)), Some(provider)),
+        Ok(None) => (registry.with(None), None),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    registry.init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -258,13 +268,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let code = match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    #[cfg(feature = "otel")]
+    if let Some(provider) = otel_provider {
+        if let Err(e) = provider.shutdown() {
+            eprintln!("warning: spans not exported at exit: {e}");
+        }
     }
+    code
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -64,6 +64,32 @@ impl DetectorSpec {
     }
 }
 
+/// Centroid threshold for MiniLM embeddings of support traffic. keel-monitor's default (0.025)
+/// was calibrated on synthetic 32-d vectors; real all-MiniLM-L6-v2 vectors of EN/JA support
+/// messages are more spread, and 0.025 raised 1.6 false alarms per 10,000 events (see the
+/// `embedding_drift_check` example and CALIBRATION.md).
+pub const MINILM_CENTROID_THRESHOLD: f64 = MINILM_CENTROID;
+
+/// MMD² threshold for MiniLM embeddings, calibrated like [`MINILM_CENTROID_THRESHOLD`].
+pub const MINILM_MMD_THRESHOLD: f64 = MINILM_MMD;
+
+const MINILM_CENTROID: f64 = 0.05;
+const MINILM_MMD: f64 = 0.03;
+
+/// The default config of an embedding method on Keel's (MiniLM) embedding streams; other
+/// methods get keel-monitor's default.
+pub fn embedding_detector(method: keel_monitor::Method) -> DetectorConfig {
+    match DetectorConfig::default_for(method) {
+        DetectorConfig::Centroid(c) => {
+            DetectorConfig::Centroid(keel_monitor::drift::CentroidConfig { threshold: MINILM_CENTROID_THRESHOLD, ..c })
+        }
+        DetectorConfig::Mmd(c) => {
+            DetectorConfig::Mmd(keel_monitor::drift::MmdConfig { threshold: MINILM_MMD_THRESHOLD, ..c })
+        }
+        other => other,
+    }
+}
+
 /// Embedding streams embed one row in this many by default: MiniLM costs milliseconds of CPU
 /// per text, too much for every request of a busy gateway on a small machine.
 pub const DEFAULT_EMBEDDING_SAMPLE_EVERY: u64 = 10;
@@ -180,7 +206,7 @@ pub fn default_detectors(checks: &[String], feedback: bool, embeddings: bool) ->
         out.push(DetectorSpec::new(
             "input-topics",
             Stream::Embedding(TextSide::Input),
-            DetectorConfig::default_for(keel_monitor::Method::Centroid),
+            embedding_detector(keel_monitor::Method::Centroid),
         ));
     }
     out

@@ -330,7 +330,13 @@ fn detector(
     }
 
     // The method's settings are exactly the fields of its default config.
-    let mut value = serde_json::to_value(DetectorConfig::default_for(method))?;
+    // Embedding streams are MiniLM vectors: their centroid/mmd defaults are calibrated on those.
+    let base = if matches!(stream, Stream::Embedding(_)) {
+        keel_drift::config::embedding_detector(method)
+    } else {
+        DetectorConfig::default_for(method)
+    };
+    let mut value = serde_json::to_value(base)?;
     let Some(object) = value.as_object_mut() else { bail!("internal: detector config is not an object") };
     let known: Vec<String> = object.keys().filter(|k| *k != "method").cloned().collect();
     for (field, setting) in d.settings() {
@@ -510,6 +516,18 @@ mod tests {
         assert_eq!(e, "keel.toml:2:14: monitor.batch_size: must be at least 1");
         let e = err("[[monitor.detectors]]\nname = \"a\"\nstream = \"action\"\nmethod = \"psi\"\nwindow = 3\n");
         assert!(e.starts_with("keel.toml:5:1: unknown field `window`"), "{e}");
+    }
+
+    #[test]
+    fn embedding_streams_get_the_minilm_calibrated_thresholds() {
+        let config =
+            parse("[[monitor.detectors]]\nname = \"t\"\nstream = \"embedding.output\"\nmethod = \"mmd\"\n").unwrap();
+        assert_eq!(config.detectors[0].detector, keel_drift::config::embedding_detector(Method::Mmd));
+        assert_eq!(config.detectors[0].sample_every, 10);
+        let config =
+            parse("[[monitor.detectors]]\nname = \"t\"\nstream = \"embedding.input\"\nmethod = \"centroid\"\nthreshold = 0.1\n")
+                .unwrap();
+        assert!(matches!(&config.detectors[0].detector, DetectorConfig::Centroid(c) if c.threshold == 0.1));
     }
 
     #[test]

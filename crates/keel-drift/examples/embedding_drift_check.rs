@@ -132,11 +132,14 @@ impl Pools {
 }
 
 /// Runs one stream; returns (false alarms before the change or in a control, delay).
-fn run(config: &DetectorConfig, pools: &Pools, seed: u64, change: bool, len: u64) -> (u64, Option<u64>) {
-    let mut detector = match config.build() {
-        Ok(d) => d,
-        Err(e) => panic!("{e}"),
-    };
+fn run(
+    config: &DetectorConfig,
+    pools: &Pools,
+    seed: u64,
+    change: bool,
+    len: u64,
+) -> keel_monitor::Result<(u64, Option<u64>)> {
+    let mut detector = config.build()?;
     let mut rng = SeededRng::new(seed);
     let mut false_alarms = 0;
     for t in 0..len {
@@ -144,12 +147,12 @@ fn run(config: &DetectorConfig, pools: &Pools, seed: u64, change: bool, len: u64
         let v = pools.draw(&mut rng, if after { &AFTER } else { &BEFORE });
         if let Ok(Some(_)) = detector.update(&Observation::Vector(v)) {
             if after {
-                return (false_alarms, Some(t - CHANGE_AT + 1));
+                return Ok((false_alarms, Some(t - CHANGE_AT + 1)));
             }
             false_alarms += 1;
         }
     }
-    (false_alarms, None)
+    Ok((false_alarms, None))
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -157,29 +160,27 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn main() -> ExitCode {
+    match check() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let trials: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
     let control_events: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(300_000);
     let ladder = args.next().is_some_and(|a| a == "ladder");
     let home = keel_models::default_home().unwrap_or_else(|| std::path::PathBuf::from(".keel"));
     let dir = keel_models::models_dir(&home).join("all-minilm-l6-v2");
-    let embedder = match MiniLmEmbedder::load(&dir) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let embedder = MiniLmEmbedder::load(&dir)?;
     let topics = [SHIPPING, WARRANTY, RETURNS, ACCOUNT, USAGE, RECALL];
     let mut vectors = Vec::new();
     for texts in topics {
-        match embedder.embed(texts) {
-            Ok(v) => vectors.push(v),
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        vectors.push(embedder.embed(texts)?);
     }
     let pools = Pools { vectors };
     println!(
@@ -219,14 +220,14 @@ fn main() -> ExitCode {
         let mut delays = Vec::new();
         let mut before = 0;
         for t in 0..trials {
-            let (fa, delay) = run(config, &pools, seed_base + 1_000 + t, true, CHANGE_AT + AFTER_CHANGE);
+            let (fa, delay) = run(config, &pools, seed_base + 1_000 + t, true, CHANGE_AT + AFTER_CHANGE)?;
             before += fa;
             delays.push(delay.map_or(f64::INFINITY, |d| d as f64));
         }
         let streams = 10;
         let mut control = 0;
         for s in 0..streams {
-            control += run(config, &pools, seed_base + 900_000 + s, false, control_events / streams).0;
+            control += run(config, &pools, seed_base + 900_000 + s, false, control_events / streams)?.0;
         }
         delays.sort_by(f64::total_cmp);
         let show = |d: f64| if d.is_finite() { format!("{d:.0}") } else { "miss".to_owned() };
@@ -245,5 +246,5 @@ fn main() -> ExitCode {
             control as f64 * 10_000.0 / control_events as f64,
         );
     }
-    ExitCode::SUCCESS
+    Ok(())
 }

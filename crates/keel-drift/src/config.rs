@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use keel_monitor::drift::{ChiSquareConfig, CusumConfig, Direction, PageHinkleyConfig};
+use keel_monitor::drift::{CentroidConfig, ChiSquareConfig, CusumConfig, Direction, MmdConfig, PageHinkleyConfig};
 use keel_monitor::DetectorConfig;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -64,29 +64,28 @@ impl DetectorSpec {
     }
 }
 
-/// Centroid threshold for MiniLM embeddings of support traffic. keel-monitor's default (0.025)
-/// was calibrated on synthetic 32-d vectors; real all-MiniLM-L6-v2 vectors of EN/JA support
-/// messages are more spread, and 0.025 raised 1.6 false alarms per 10,000 events (see the
-/// `embedding_drift_check` example and CALIBRATION.md).
-pub const MINILM_CENTROID_THRESHOLD: f64 = MINILM_CENTROID;
+/// Centroid settings for MiniLM embeddings of support traffic: threshold 0.02 over a
+/// 500-vector window against a 2,000-vector reference. keel-monitor's default (0.025 over 200)
+/// was calibrated on synthetic 32-d vectors; on real all-MiniLM-L6-v2 vectors of EN/JA support
+/// messages it raised 1.6 false alarms per 10,000 events (the `embedding_drift_check` example;
+/// figures in keel-monitor's CALIBRATION.md).
+pub fn minilm_centroid() -> CentroidConfig {
+    CentroidConfig { threshold: 0.02, reference_size: 2_000, window_size: 500, min_samples: 500 }
+}
 
-/// MMD² threshold for MiniLM embeddings, calibrated like [`MINILM_CENTROID_THRESHOLD`].
-pub const MINILM_MMD_THRESHOLD: f64 = MINILM_MMD;
+/// MMD settings for MiniLM embeddings, calibrated like [`minilm_centroid`]: MMD² 0.006 over a
+/// 300-vector window against a 300-vector subsample of a 2,000-vector reference.
+pub fn minilm_mmd() -> MmdConfig {
+    MmdConfig { threshold: 0.006, reference_size: 2_000, subsample: 300, window_size: 300, min_samples: 300, seed: 0 }
+}
 
-const MINILM_CENTROID: f64 = 0.05;
-const MINILM_MMD: f64 = 0.03;
-
-/// The default config of an embedding method on Keel's (MiniLM) embedding streams; other
-/// methods get keel-monitor's default.
+/// The default config of a method on Keel's (MiniLM) embedding streams; methods other than
+/// centroid and mmd get keel-monitor's default.
 pub fn embedding_detector(method: keel_monitor::Method) -> DetectorConfig {
-    match DetectorConfig::default_for(method) {
-        DetectorConfig::Centroid(c) => {
-            DetectorConfig::Centroid(keel_monitor::drift::CentroidConfig { threshold: MINILM_CENTROID_THRESHOLD, ..c })
-        }
-        DetectorConfig::Mmd(c) => {
-            DetectorConfig::Mmd(keel_monitor::drift::MmdConfig { threshold: MINILM_MMD_THRESHOLD, ..c })
-        }
-        other => other,
+    match method {
+        keel_monitor::Method::Centroid => DetectorConfig::Centroid(minilm_centroid()),
+        keel_monitor::Method::Mmd => DetectorConfig::Mmd(minilm_mmd()),
+        other => DetectorConfig::default_for(other),
     }
 }
 

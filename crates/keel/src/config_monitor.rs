@@ -46,8 +46,9 @@ stream = "action"
 # (value streams); centroid, mmd (embedding streams).
 method = "chi_square"
 # The statistic at which it fires; omit for the calibrated default (crates/keel-monitor/CALIBRATION.md):
-# page_hinkley 55, cusum 60, psi 0.035, chi_square 3.5 (p < 10^-3.5), ks 4, wasserstein 0.22,
-# centroid 0.025, mmd 0.01. adwin has no threshold; set its `delta` (default 0.003).
+# page_hinkley 55, cusum 60, psi 0.035, chi_square 3.5 (p < 10^-3.5), ks 4, wasserstein 0.22;
+# on the MiniLM embedding streams centroid 0.02 (window 500) and mmd 0.006 (window 300).
+# adwin has no threshold; set its `delta` (default 0.003).
 threshold = 3.5
 # Window methods: observations in the reference (learnt first) and in the sliding window.
 reference_size = 2000

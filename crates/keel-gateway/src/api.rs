@@ -49,7 +49,7 @@ fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
 
 /// Records the admin read, then waits until everything queued before it is stored, so a
 /// client reading right after its own request sees that request.
-async fn audit_admin(state: &AppState, caller: &Caller, uri: &Uri) -> Result<(), ApiError> {
+pub(crate) async fn audit_admin(state: &AppState, caller: &Caller, uri: &Uri) -> Result<(), ApiError> {
     state.audit(AuditEntry::now(caller.key_name.clone(), "admin.read", json!({"path": uri.to_string()}))).await;
     state.writer().flush().await.map_err(ApiError::internal)
 }

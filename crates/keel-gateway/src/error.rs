@@ -57,6 +57,11 @@ impl ApiError {
         }
     }
 
+    /// 409: the request conflicts with the record's current state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::CONFLICT, message: message.into(), param: None, code: "conflict" }
+    }
+
     /// 413: body over the configured limit.
     pub fn too_large(limit: usize) -> Self {
         ApiError {
@@ -93,7 +98,7 @@ impl ApiError {
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
-            413 | 400 => "invalid_request_error",
+            413 | 409 | 400 => "invalid_request_error",
             _ => "api_error",
         }
     }

@@ -6,10 +6,12 @@
 //! interaction. It does not read configuration files; the binary builds [`AppState`].
 
 mod api;
+mod api_alerts;
 mod auth;
 mod chat;
 pub mod error;
 mod local;
+pub mod metrics;
 pub mod sse;
 mod state;
 pub mod upstream;
@@ -23,6 +25,7 @@ use serde_json::{json, Value};
 pub use auth::Caller;
 pub use error::ApiError;
 pub use local::{spawn_local_model, LocalModelServer, LOCAL_MODEL_ID};
+pub use metrics::GatewayMetrics;
 pub use state::{key_hash, AppState, ClientKey, GatewaySettings, OPEN_APP};
 pub use upstream::{UpstreamConfig, Upstreams};
 
@@ -33,8 +36,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(list_models))
         .route("/api/interactions", get(api::list_interactions))
         .route("/api/interactions/{id}", get(api::get_interaction))
+        .route("/api/alerts", get(api_alerts::list_alerts))
+        .route("/api/alerts/{id}", get(api_alerts::get_alert))
+        .route("/api/alerts/{id}/acknowledge", post(api_alerts::acknowledge))
+        .route("/api/alerts/{id}/resolve", post(api_alerts::resolve))
+        .route("/metrics", get(api_alerts::metrics))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::not_found(None, "no such route") })
+        // One span per request (method, path): what `tracing` subscribers and the binary's
+        // OpenTelemetry export see. Spans carry no bodies or headers.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO)),
+        )
         .with_state(state)
 }
 

@@ -10,6 +10,7 @@ use keel_store::{AuditEntry, HandoffRequest, Store, WriterHandle};
 use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::GatewayMetrics;
 use crate::upstream::Upstreams;
 
 /// A client key as configured: only its SHA-256 is kept.
@@ -77,6 +78,7 @@ struct Inner {
     store: Arc<dyn Store>,
     writer: WriterHandle,
     tasks: TaskTracker,
+    metrics: GatewayMetrics,
 }
 
 impl AppState {
@@ -98,6 +100,7 @@ impl AppState {
                 store,
                 writer,
                 tasks: TaskTracker::new(),
+                metrics: GatewayMetrics::new(),
             }),
         }
     }
@@ -148,6 +151,11 @@ impl AppState {
         &self.inner.tasks
     }
 
+    /// The Prometheus series `/metrics` serves.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.inner.metrics
+    }
+
     /// The batched writer, for every write.
     pub fn writer(&self) -> &WriterHandle {
         &self.inner.writer
@@ -159,6 +167,7 @@ impl AppState {
     /// cancels its request, but never the record of an upstream call already made. The caller
     /// still waits for the hand-over, so a full queue slows requests down (backpressure).
     pub async fn record(&self, interaction: Interaction, handoff: Option<HandoffRequest>) {
+        self.inner.metrics.observe(&interaction);
         let writer = self.inner.writer.clone();
         let handover = self.inner.tasks.spawn(async move {
             let id = interaction.id;

@@ -71,12 +71,55 @@ pub enum AlertState {
 }
 
 impl AlertState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [AlertState; 3] = [AlertState::Open, AlertState::Acknowledged, AlertState::Resolved];
+
     /// The state's name as used in messages.
     pub fn name(self) -> &'static str {
         match self {
             AlertState::Open => "open",
             AlertState::Acknowledged => "acknowledged",
             AlertState::Resolved => "resolved",
+        }
+    }
+
+    /// The state `action` leads to from this one, or `None` when the machine forbids it:
+    /// `open → acknowledged`, and `open | acknowledged → resolved`.
+    pub fn after(self, action: AlertAction) -> Option<AlertState> {
+        match (self, action) {
+            (AlertState::Open, AlertAction::Acknowledge) => Some(AlertState::Acknowledged),
+            (AlertState::Open | AlertState::Acknowledged, AlertAction::Resolve) => Some(AlertState::Resolved),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for AlertState {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        AlertState::ALL
+            .into_iter()
+            .find(|state| state.name() == s)
+            .ok_or_else(|| format!("unknown alert state `{s}` (expected open, acknowledged or resolved)"))
+    }
+}
+
+/// What an operator can do to an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertAction {
+    /// Take it: `open → acknowledged`.
+    Acknowledge,
+    /// Close it: `open | acknowledged → resolved`.
+    Resolve,
+}
+
+impl AlertAction {
+    /// The action's name as used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertAction::Acknowledge => "acknowledge",
+            AlertAction::Resolve => "resolve",
         }
     }
 }
@@ -220,14 +263,11 @@ impl AlertTracker {
     pub fn acknowledge(&mut self, by: &str) -> Result<&Alert> {
         let at = self.observations;
         let alert = self.current.as_mut().ok_or(MonitorError::NoAlert { action: "acknowledge" })?;
-        if alert.state != AlertState::Open {
-            return Err(MonitorError::IllegalTransition {
-                alert_id: alert.id,
-                action: "acknowledge",
-                state: alert.state.name(),
-            });
-        }
-        alert.state = AlertState::Acknowledged;
+        alert.state = alert.state.after(AlertAction::Acknowledge).ok_or(MonitorError::IllegalTransition {
+            alert_id: alert.id,
+            action: "acknowledge",
+            state: alert.state.name(),
+        })?;
         alert.acknowledged_by = Some(by.to_owned());
         alert.acknowledged_at = Some(at);
         Ok(alert)
@@ -238,10 +278,11 @@ impl AlertTracker {
     pub fn resolve(&mut self) -> Result<&Alert> {
         let at = self.observations;
         let alert = self.current.as_mut().ok_or(MonitorError::NoAlert { action: "resolve" })?;
-        if alert.state == AlertState::Resolved {
-            return Err(MonitorError::IllegalTransition { alert_id: alert.id, action: "resolve", state: "resolved" });
-        }
-        alert.state = AlertState::Resolved;
+        alert.state = alert.state.after(AlertAction::Resolve).ok_or(MonitorError::IllegalTransition {
+            alert_id: alert.id,
+            action: "resolve",
+            state: alert.state.name(),
+        })?;
         alert.resolved_at = Some(at);
         Ok(alert)
     }
@@ -341,6 +382,22 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.to_string(), "invalid alert config: `rearm_samples` must be at least 1, got 0");
         assert!(tracker().observe(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn state_machine_table() {
+        use AlertAction::*;
+        use AlertState::*;
+        assert_eq!(Open.after(Acknowledge), Some(Acknowledged));
+        assert_eq!(Open.after(Resolve), Some(Resolved));
+        assert_eq!(Acknowledged.after(Resolve), Some(Resolved));
+        assert_eq!(Acknowledged.after(Acknowledge), None);
+        assert_eq!(Resolved.after(Acknowledge), None);
+        assert_eq!(Resolved.after(Resolve), None);
+        for state in AlertState::ALL {
+            assert_eq!(state.name().parse::<AlertState>(), Ok(state));
+        }
+        assert!("closed".parse::<AlertState>().is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod rng;
 mod special;
 pub mod stats;
 
-pub use alert::{Alert, AlertEvent, AlertState, AlertTracker, HysteresisConfig};
+pub use alert::{Alert, AlertAction, AlertEvent, AlertState, AlertTracker, HysteresisConfig};
 pub use drift::{Detector, DetectorConfig, DriftDetector, DriftSignal, Method, Observation};
 pub use error::{MonitorError, Result};
 pub use rng::SeededRng;

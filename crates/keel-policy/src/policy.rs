@@ -446,6 +446,11 @@ impl Policy {
         self.stream_window_bytes
     }
 
+    /// The names of the policy's checks, in file order.
+    pub fn check_names(&self) -> Vec<&str> {
+        self.checks.iter().map(|c| c.name.as_str()).collect()
+    }
+
     /// Position of the check called `name` in the policy.
     pub(crate) fn check_index(&self, name: &str) -> Option<usize> {
         self.checks.iter().position(|c| c.name == name)

@@ -116,6 +116,28 @@ pub enum StoreError {
     #[error("cannot write the export: {0}")]
     Export(#[source] std::io::Error),
 
+    /// A drift monitor step was computed by a replica that no longer holds the monitor lease.
+    #[error("the monitor lease `{lease}` is no longer held by this process; its step was not stored")]
+    LeaseLost {
+        /// The lease's name.
+        lease: String,
+    },
+
+    /// No drift alert has this id.
+    #[error("no drift alert with id {0}")]
+    AlertNotFound(i64),
+
+    /// The alert state machine forbids the move.
+    #[error("cannot {action} alert {id}: it is {state}")]
+    IllegalAlertTransition {
+        /// The alert.
+        id: i64,
+        /// The requested action (`acknowledge`, `resolve`).
+        action: &'static str,
+        /// The state it is in.
+        state: &'static str,
+    },
+
     /// The background writer has shut down, so the record was not accepted.
     #[error("the storage writer has shut down; the record was not accepted")]
     WriterClosed,
@@ -140,6 +162,9 @@ impl StoreError {
             | StoreError::Corrupt { .. }
             | StoreError::CorruptAuditRecord { .. }
             | StoreError::Export(_)
+            | StoreError::LeaseLost { .. }
+            | StoreError::AlertNotFound(_)
+            | StoreError::IllegalAlertTransition { .. }
             | StoreError::WriterClosed => false,
         }
     }

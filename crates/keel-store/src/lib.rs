@@ -1,7 +1,7 @@
 //! Keel's storage: where interactions, handoff requests and the hash-chained audit log live.
 //!
 //! This crate owns the per-concern store traits ([`InteractionStore`], [`AuditStore`],
-//! [`HandoffStore`], and [`Store`] with its single write entry point), their SQLite
+//! [`HandoffStore`], [`DriftStore`], and [`Store`] with its single write entry point), their SQLite
 //! implementation with its migrations, the audit chain's hashing and verification, the
 //! batched [`Writer`] the gateway records through, and the privacy rule for stored text.
 //! It must not judge anything (that is keel-policy), speak HTTP (keel-gateway) or read
@@ -10,6 +10,7 @@
 //! A backend is chosen by URL scheme through [`resolve`]; callers hold an `Arc<dyn Store>`.
 
 pub mod audit;
+mod drift;
 mod error;
 mod privacy;
 pub mod sqlite;
@@ -21,6 +22,10 @@ pub mod writer;
 use std::sync::Arc;
 
 pub use audit::{export_jsonl, verify_chain, ChainVerifier};
+pub use drift::{
+    AlertFilter, AlertWindow, DeliveryAttempt, DeliveryStatus, DetectorCheckpoint, DriftAlert, DriftCommit,
+    DriftSource, DriftStore, NewDriftAlert, PendingDelivery,
+};
 pub use error::{Result, StoreError};
 pub use privacy::stored_text;
 pub use sqlite::SqliteStore;

@@ -28,6 +28,8 @@ use crate::store::{AuditStore, HandoffStore, InteractionStore, Store};
 use crate::types::{checks_hit, HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, WriteBatch};
 use crate::url::RedactedUrl;
 
+mod drift;
+
 /// The SQLite schema's versioned migrations, embedded at build time.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -472,6 +474,29 @@ impl InteractionStore for SqliteStore {
         q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(filter.effective_limit()));
         let rows = q.build().fetch_all(&self.pool).await.map_err(db("listing interactions"))?;
         rows.iter().map(summary_from_row).collect()
+    }
+
+    async fn interactions_after(&self, after_seq: i64, limit: u32) -> Result<Vec<(i64, Interaction)>> {
+        // Writes are serialised (one writer, `BEGIN IMMEDIATE`), so rowids grow in commit order
+        // and a reader never sees a row appear behind its cursor.
+        let sql = format!(
+            "SELECT rowid AS seq, {INTERACTION_COLUMNS} FROM interactions WHERE rowid > ? ORDER BY rowid LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading new interactions"))?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq").map_err(|e| StoreError::Corrupt {
+                    what: "interaction".to_owned(),
+                    reason: format!("column `seq`: {e}"),
+                })?;
+                Ok((seq, interaction_from_row(row)?))
+            })
+            .collect()
     }
 }
 

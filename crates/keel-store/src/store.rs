@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use keel_core::{AuditRecord, Interaction, InteractionId};
 
+use crate::drift::DriftStore;
 use crate::error::Result;
 use crate::types::{HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, VerifyReport, WriteBatch};
 
@@ -19,6 +20,12 @@ pub trait InteractionStore: Send + Sync {
     /// Summaries of the interactions matching `filter`, newest first (ties broken by id), at
     /// most `filter.effective_limit()` of them; pass the last id as `before` for the next page.
     async fn list_interactions(&self, filter: &InteractionFilter) -> Result<Vec<InteractionSummary>>;
+
+    /// Up to `limit` interactions stored after insertion sequence number `after_seq`, in
+    /// insertion order, each with its sequence number: what a reader that must see every new
+    /// row exactly once (the drift monitor) pages through. Insertion order, not `created_at`,
+    /// because ingested interactions keep their historical times.
+    async fn interactions_after(&self, after_seq: i64, limit: u32) -> Result<Vec<(i64, Interaction)>>;
 }
 
 /// Reading and checking the hash-chained audit log.
@@ -47,7 +54,7 @@ pub trait HandoffStore: Send + Sync {
 
 /// A complete Keel store: every reading concern plus the single write entry point.
 #[async_trait]
-pub trait Store: InteractionStore + AuditStore + HandoffStore {
+pub trait Store: InteractionStore + AuditStore + HandoffStore + DriftStore {
     /// Writes the batch in one transaction and returns the audit records it appended: one
     /// `decision` record (actor `gateway`) per interaction in order, then one per explicit
     /// entry in order. Nothing is written when it fails.

@@ -403,6 +403,9 @@ mod tests {
         async fn list_interactions(&self, filter: &InteractionFilter) -> Result<Vec<InteractionSummary>> {
             self.inner.list_interactions(filter).await
         }
+        async fn interactions_after(&self, after_seq: i64, limit: u32) -> Result<Vec<(i64, Interaction)>> {
+            self.inner.interactions_after(after_seq, limit).await
+        }
     }
 
     #[async_trait]
@@ -419,6 +422,50 @@ mod tests {
     impl HandoffStore for FlakyStore {
         async fn list_handoffs(&self, filter: &HandoffFilter) -> Result<Vec<HandoffRequest>> {
             self.inner.list_handoffs(filter).await
+        }
+    }
+
+    #[async_trait]
+    impl crate::DriftStore for FlakyStore {
+        async fn detector_checkpoints(&self) -> Result<Vec<crate::DetectorCheckpoint>> {
+            self.inner.detector_checkpoints().await
+        }
+        async fn commit_drift(&self, commit: crate::DriftCommit) -> Result<Vec<crate::DriftAlert>> {
+            self.inner.commit_drift(commit).await
+        }
+        async fn list_alerts(&self, filter: &crate::AlertFilter) -> Result<Vec<crate::DriftAlert>> {
+            self.inner.list_alerts(filter).await
+        }
+        async fn get_alert(&self, id: i64) -> Result<Option<crate::DriftAlert>> {
+            self.inner.get_alert(id).await
+        }
+        async fn transition_alert(
+            &self,
+            id: i64,
+            action: keel_monitor::AlertAction,
+            actor: &str,
+        ) -> Result<crate::DriftAlert> {
+            self.inner.transition_alert(id, action, actor).await
+        }
+        async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+            self.inner.acquire_lease(name, holder, ttl).await
+        }
+        async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+            self.inner.release_lease(name, holder).await
+        }
+        async fn due_deliveries(
+            &self,
+            sinks: &[String],
+            now: time::OffsetDateTime,
+            limit: u32,
+        ) -> Result<Vec<crate::PendingDelivery>> {
+            self.inner.due_deliveries(sinks, now, limit).await
+        }
+        async fn record_delivery(&self, attempt: &crate::DeliveryAttempt) -> Result<()> {
+            self.inner.record_delivery(attempt).await
+        }
+        async fn alert_deliveries(&self, alert_id: i64) -> Result<Vec<crate::DeliveryAttempt>> {
+            self.inner.alert_deliveries(alert_id).await
         }
     }
 

@@ -75,6 +75,11 @@ admin = false
 privacy = "redacted"
 "#;
 
+/// The whole documented example: the server settings, then `[monitor]`.
+pub fn example() -> String {
+    format!("{EXAMPLE}{}", crate::config_monitor::EXAMPLE)
+}
+
 /// `keel.toml` as written.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +104,8 @@ pub struct ConfigFile {
     /// See [`EXAMPLE`].
     #[serde(default)]
     pub apps: HashMap<String, AppFile>,
+    /// See [`crate::config_monitor::EXAMPLE`].
+    pub monitor: Option<crate::config_monitor::MonitorFile>,
 }
 
 /// One `[[upstreams]]` entry.
@@ -198,6 +205,8 @@ pub struct Config {
     pub gateway: GatewaySettings,
     /// Notes for the operator about adjustments made (e.g. loopback only).
     pub notices: Vec<String>,
+    /// Drift monitoring; no detectors means the default set.
+    pub monitor: keel_drift::MonitorConfig,
 }
 
 /// `$KEEL_HOME`, or `~/.keel`.
@@ -351,6 +360,7 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
     if max_body_bytes < 1024 {
         bail!(source.error_at(&FieldPath::key("max_body_bytes"), "must be at least 1024"));
     }
+    let monitor = crate::config_monitor::validate(file.monitor.as_ref(), &source)?;
     let store = match overrides.store.or(file.store) {
         Some(url) => url,
         None => default_store_url("keel.db")?,
@@ -368,6 +378,7 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
             max_body_bytes,
         },
         notices,
+        monitor,
     })
 }
 
@@ -392,7 +403,8 @@ mod tests {
     #[test]
     fn the_documented_example_parses() {
         std::env::set_var("OPENAI_API_KEY", "sk-example");
-        let config = parse(EXAMPLE).unwrap();
+        let config = parse(&example()).unwrap();
+        assert_eq!(config.monitor.detectors.len(), 2);
         assert_eq!(config.upstreams[0].models, vec!["llama3.2"]);
         assert_eq!(config.local_upstreams[0].name, "on-device");
         assert_eq!(config.gateway.keys[0].app, "support");
@@ -403,7 +415,7 @@ mod tests {
     #[test]
     fn unknown_fields_name_file_and_line() {
         let err = parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err().to_string();
-        insta::assert_snapshot!(err, @r"keel.toml:2:1: unknown field `listen_port`, expected one of `listen`, `store`, `policy`, `max_body_bytes`, `default_privacy`, `upstreams`, `keys`, `apps`");
+        insta::assert_snapshot!(err, @r"keel.toml:2:1: unknown field `listen_port`, expected one of `listen`, `store`, `policy`, `max_body_bytes`, `default_privacy`, `upstreams`, `keys`, `apps`, `monitor`");
     }
 
     #[test]

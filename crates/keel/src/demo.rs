@@ -10,6 +10,7 @@ use keel_scripted_upstream::{Options, Script};
 use serde_json::{json, Value};
 
 use crate::config::{self, Config, Overrides};
+use crate::demo_drift;
 use crate::serve;
 
 /// The model id of the built-in scripted support model.
@@ -102,6 +103,7 @@ pub async fn run(listen: Option<String>, store: Option<String>, exit: bool, scri
         store: Some(store.clone()),
     };
     let mut config: Config = config::load(None, overrides)?;
+    let drift = demo_drift::prepare(&mut config).await?;
     let gateway = match serve::start(&config).await {
         Ok(g) => g,
         Err(e) if config.listen.port() != 0 => {
@@ -132,6 +134,7 @@ pub async fn run(listen: Option<String>, store: Option<String>, exit: bool, scri
     if let Some(path) = config.policy.as_deref().filter(|_| !scripted) {
         print!("{}", crate::demo_memory::run(path).await?);
     }
+    drift.run(&gateway, &base, &keel_store::redact_url(&store)).await?;
     gateway.state.writer().flush().await?;
     let evaluation = crate::demo_eval::run(gateway.state.policy(), gateway.state.store(), &store).await?;
     writeln!(std::io::stdout().lock(), "{evaluation}")?;

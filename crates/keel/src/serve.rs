@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self, Config};
 use crate::models;
+use crate::monitoring::{self, RunningMonitor};
 
 /// Loads the policy file, or the built-in pack when none is named.
 pub fn load_policy(path: Option<&std::path::Path>, models: &Models) -> anyhow::Result<(Policy, String)> {
@@ -54,6 +55,7 @@ pub struct RunningGateway {
     policy_path: Option<std::path::PathBuf>,
     models: Models,
     local_servers: Vec<LocalModelServer>,
+    monitor: Option<RunningMonitor>,
 }
 
 impl RunningGateway {
@@ -68,6 +70,9 @@ impl RunningGateway {
         // Answered requests may still run async checks before they are stored.
         self.state.tasks().close();
         self.state.tasks().wait().await;
+        if let Some(monitor) = self.monitor {
+            monitor.stop().await;
+        }
         for server in &self.local_servers {
             server.stop();
         }
@@ -133,7 +138,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
     }
     let upstreams = Upstreams::new(upstream_configs).context("cannot build the upstream HTTP client")?;
     upstreams.discover().await;
-    let state = AppState::new(config.gateway.clone(), Arc::new(policy), upstreams, store, writer.clone());
+    let policy = Arc::new(policy);
+    let state = AppState::new(config.gateway.clone(), policy.clone(), upstreams, store, writer.clone());
+    let monitor = monitoring::start(config.monitor.clone(), &state, &models, &policy).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -157,6 +164,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
         policy_path: config.policy.clone(),
         models,
         local_servers,
+        monitor,
     })
 }
 

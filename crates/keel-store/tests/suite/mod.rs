@@ -7,6 +7,8 @@
 // Test support: failing loudly is the point, and not every backend uses every helper.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod drift;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +65,11 @@ macro_rules! store_test_suite {
             writer_flush_waits_for_everything_sent_before_it,
             writer_close_writes_what_was_accepted_and_refuses_more,
             writer_keeps_audit_order,
+            interactions_after_pages_in_insertion_order,
+            drift_commit_stores_state_alerts_and_audit_atomically,
+            alert_transitions_follow_the_state_machine_and_are_audited,
+            monitor_lease_has_one_holder_until_it_expires,
+            alert_deliveries_are_recorded_and_rescheduled,
         );
         $crate::store_test_suite!(@harness $make;
             audit_chain_continues_after_reopening,
@@ -95,6 +102,8 @@ macro_rules! store_test_suite {
         )*
     };
 }
+
+pub use drift::*;
 
 // ---------------------------------------------------------------------------------------------
 // Data builders
@@ -916,4 +925,28 @@ pub async fn a_batch_too_big_for_one_statement_is_written_whole_and_in_order(h: 
     let with_check =
         InteractionFilter { check: Some("f".to_owned()), limit: Some(500), ..InteractionFilter::default() };
     assert_eq!(store.list_interactions(&with_check).await.unwrap().len(), 500);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading new rows by insertion order (the drift monitor's cursor)
+
+pub async fn interactions_after_pages_in_insertion_order(store: Arc<dyn Store>) {
+    // Stored out of time order, as an ingest of old logs after live traffic would be.
+    let late = interaction("a", T0 + Duration::from_secs(3600), Action::Allow, &[]);
+    let early = interaction("b", T0, Action::Block, &["pii"]);
+    let middle = interaction("c", T0 + Duration::from_secs(60), Action::Flag, &[]);
+    write(&store, vec![late.clone()]).await;
+    write(&store, vec![early.clone(), middle.clone()]).await;
+
+    let all = store.interactions_after(0, 100).await.unwrap();
+    let got: Vec<&str> = all.iter().map(|(_, i)| i.app.as_str()).collect();
+    assert_eq!(got, ["a", "b", "c"], "insertion order, not created_at");
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "sequence numbers increase");
+    assert_eq!(all[1].1, early, "whole interactions come back");
+
+    let first = store.interactions_after(0, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = store.interactions_after(first[1].0, 2).await.unwrap();
+    assert_eq!(rest.iter().map(|(_, i)| i.id).collect::<Vec<_>>(), vec![middle.id]);
+    assert!(store.interactions_after(rest[0].0, 10).await.unwrap().is_empty());
 }

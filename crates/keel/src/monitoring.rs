@@ -1,0 +1,92 @@
+//! Wiring the drift monitor into `keel serve`: the detector set (configured or default), the
+//! embedder for embedding streams, the monitor and webhook tasks, and their shutdown.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use keel_drift::{default_detectors, Deliverer, DriftMetrics, Monitor, MonitorConfig, Stream};
+use keel_gateway::AppState;
+use keel_models::Embedder;
+use keel_policy::{Models, Policy};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::{config, models};
+
+/// How often the deliverer looks for due webhook deliveries.
+const DELIVERY_POLL: Duration = Duration::from_millis(500);
+
+/// The monitor and deliverer tasks of a running server.
+pub struct RunningMonitor {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningMonitor {
+    /// Stops both tasks; the monitor writes a last checkpoint and releases its lease.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "drift monitor task failed");
+            }
+        }
+    }
+}
+
+/// Starts the drift monitor for `config` (nothing when it is disabled). With no configured
+/// detectors the default set runs; embedding streams use the policy's embedder, or load
+/// MiniLM (fetching it when a configured detector needs it and it is absent).
+pub async fn start(
+    mut config: MonitorConfig,
+    state: &AppState,
+    models: &Models,
+    policy: &Policy,
+) -> anyhow::Result<Option<RunningMonitor>> {
+    if !config.enabled {
+        tracing::info!("drift monitoring is off ([monitor] enabled = false)");
+        return Ok(None);
+    }
+    let home = config::keel_home();
+    let paths = keel_models::ModelPaths::from_env()
+        .unwrap_or_else(|| keel_models::ModelPaths::in_models_dir(&keel_models::models_dir(&home)));
+    let defaults = config.detectors.is_empty();
+    if defaults {
+        let checks: Vec<String> = policy.check_names().into_iter().map(str::to_owned).collect();
+        let embeddings = models.embedder.is_some() || paths.has_embedder();
+        config.detectors = default_detectors(&checks, false, embeddings);
+    }
+    let needs_embedder = config.detectors.iter().any(|d| matches!(d.stream, Stream::Embedding(_)));
+    let embedder: Option<Arc<dyn Embedder>> = match (&models.embedder, needs_embedder) {
+        (_, false) => None,
+        (Some(embedder), true) => Some(embedder.clone()),
+        (None, true) => {
+            let loaded =
+                models::load_embedding(&paths, &home).await.context("embedding drift detectors need MiniLM")?;
+            Some(loaded.embedder)
+        }
+    };
+    let mut metrics = None;
+    state.metrics().register(|registry| metrics = Some(DriftMetrics::register(registry)));
+    let metrics = metrics.unwrap_or_default();
+    let names: Vec<&str> = config.detectors.iter().map(|d| d.name.as_str()).collect();
+    tracing::info!(
+        detectors = %names.join(", "),
+        webhooks = config.webhooks.len(),
+        "drift monitor: {} {} detectors",
+        names.len(),
+        if defaults { "default" } else { "configured" }
+    );
+    let webhooks = config.webhooks.clone();
+    let monitor = Monitor::new(config, state.store().clone(), None, embedder, metrics.clone())?;
+    let deliverer = Deliverer::new(state.store().clone(), webhooks, metrics)?;
+    let (stop, stopped) = watch::channel(false);
+    let leader = Arc::new(AtomicBool::new(false));
+    let tasks = vec![
+        tokio::spawn(monitor.run(stopped.clone(), leader.clone())),
+        tokio::spawn(deliverer.run(stopped, leader, DELIVERY_POLL)),
+    ];
+    Ok(Some(RunningMonitor { stop, tasks }))
+}

@@ -1,9 +1,12 @@
 //! Keel's vocabulary, shared by every other crate: interactions, check results, findings,
-//! decisions with their explanations, audit records and the ids that name them.
+//! decisions with their explanations, audit records, the ids that name them, and the roles
+//! and permissions of the people who act on them.
 //!
 //! This crate owns plain data and the small rules that belong to the data itself (severity
 //! order of actions, id generation). It must not do I/O, parse policy files or know about
 //! HTTP; those belong to the crates that depend on it.
+
+mod access;
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,6 +14,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+pub use access::{Permission, Role};
 
 /// A time-ordered id (UUIDv7) for one interaction, so storage order and pagination follow time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -371,6 +376,23 @@ pub struct Interaction {
     pub decisions: Vec<Decision>,
     /// Every check's result, both phases.
     pub checks: Vec<CheckResult>,
+    /// What shadow policy versions would have decided (recorded only; nothing enforced them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<ShadowDecision>,
+}
+
+/// What a shadow policy version would have decided in one phase of an interaction. It runs
+/// beside the enforced version on live traffic and changes nothing the client gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowDecision {
+    /// The shadow version.
+    pub policy: PolicyRef,
+    /// The phase it judged.
+    pub phase: Phase,
+    /// The action it would have taken.
+    pub action: Action,
+    /// The rule that would have fired, or `None` when no rule matched.
+    pub rule: Option<String>,
 }
 
 /// Text kept according to a privacy setting: the text itself (full or redacted) and its hash.

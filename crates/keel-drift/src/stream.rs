@@ -276,6 +276,7 @@ mod tests {
                 check("pii", "pii", Phase::Output, 0.9, true),
                 check("refused", "refusal", Phase::Output, 0.0, false),
             ],
+            shadow: Vec::new(),
         }
     }
 

@@ -85,6 +85,7 @@ fn interaction(created_at: OffsetDateTime, decision: Action, pii: bool) -> Inter
             elapsed_us: 1,
             mode: Default::default(),
         }],
+        shadow: Vec::new(),
     }
 }
 

@@ -43,6 +43,7 @@ fn interaction(app: &str, decision: Action) -> Interaction {
             check("injection", false),
             check("answer_length", true),
         ],
+        shadow: Vec::new(),
     }
 }
 

@@ -1,17 +1,17 @@
 //! Keel's own API under `/api/`: reading stored interactions with their explanations.
-//! Every call is made with an admin key and leaves an audit record naming that key.
+//! Every call needs `read_interactions` (any role) and leaves an audit record naming the caller.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Uri};
 use axum::Json;
-use keel_core::{Action, InteractionId};
+use keel_core::{Action, InteractionId, Permission};
 use keel_store::{AuditEntry, InteractionFilter};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::auth::{authenticate_admin, Caller};
+use crate::auth::{require, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -49,8 +49,8 @@ fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
 
 /// Records the admin read, then waits until everything queued before it is stored, so a
 /// client reading right after its own request sees that request.
-pub(crate) async fn audit_admin(state: &AppState, caller: &Caller, uri: &Uri) -> Result<(), ApiError> {
-    state.audit(AuditEntry::now(caller.key_name.clone(), "admin.read", json!({"path": uri.to_string()}))).await;
+pub(crate) async fn audit_admin(state: &AppState, caller: &Principal, uri: &Uri) -> Result<(), ApiError> {
+    state.audit(AuditEntry::now(caller.actor(), "admin.read", json!({"path": uri.to_string()}))).await;
     state.writer().flush().await.map_err(ApiError::internal)
 }
 
@@ -61,7 +61,7 @@ pub async fn list_interactions(
     uri: Uri,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate_admin(&state, &headers)?;
+    let caller = require(&state, &headers, Permission::ReadInteractions).await?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let filter = InteractionFilter {
         since: query.since.as_deref().map(|v| parse_time("since", v)).transpose()?,
@@ -97,7 +97,7 @@ pub async fn get_interaction(
     uri: Uri,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate_admin(&state, &headers)?;
+    let caller = require(&state, &headers, Permission::ReadInteractions).await?;
     let id: InteractionId = id.parse().map_err(|_| ApiError::invalid("id", "not an interaction id"))?;
     audit_admin(&state, &caller, &uri).await?;
     match state.store().get_interaction(id).await.map_err(ApiError::internal)? {

@@ -16,9 +16,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::audit_admin;
-use crate::auth::{authenticate, authenticate_admin};
+use crate::auth::require;
 use crate::error::ApiError;
 use crate::state::AppState;
+use keel_core::Permission;
 
 /// Query parameters of `GET /api/alerts`.
 #[derive(Debug, Deserialize)]
@@ -37,7 +38,7 @@ pub async fn list_alerts(
     uri: Uri,
     query: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate_admin(&state, &headers)?;
+    let caller = require(&state, &headers, Permission::ReadAlerts).await?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let filter = AlertFilter {
         state: query
@@ -66,7 +67,7 @@ pub async fn get_alert(
     uri: Uri,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate_admin(&state, &headers)?;
+    let caller = require(&state, &headers, Permission::ReadAlerts).await?;
     let id = alert_id(&id)?;
     audit_admin(&state, &caller, &uri).await?;
     let alert = state
@@ -85,9 +86,13 @@ async fn transition(
     id: &str,
     action: AlertAction,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate_admin(state, headers)?;
+    let permission = match action {
+        AlertAction::Acknowledge => Permission::AcknowledgeAlerts,
+        AlertAction::Resolve => Permission::ResolveAlerts,
+    };
+    let caller = require(state, headers, permission).await?;
     let id = alert_id(id)?;
-    match state.store().transition_alert(id, action, &caller.key_name).await {
+    match state.store().transition_alert(id, action, caller.actor()).await {
         Ok(alert) => Ok(Json(json!({"alert": alert}))),
         Err(StoreError::AlertNotFound(_)) => {
             Err(ApiError::not_found(Some("id"), format!("no drift alert with id {id}")))
@@ -115,12 +120,10 @@ pub async fn resolve(
     transition(&state, &headers, &id, AlertAction::Resolve).await
 }
 
-/// `GET /metrics`: open when the gateway is (no keys, loopback only), else an admin key.
-/// Scrapes are not audited: a scraper every 15 s would drown the log.
+/// `GET /metrics`: open when the API is (no keys or tokens, loopback only), else a key or token
+/// with the `viewer` role or above. Scrapes are not audited: a scraper every 15 s would drown the log.
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if !authenticate(&state, &headers)?.admin {
-        return Err(ApiError::forbidden("/metrics needs an admin key"));
-    }
+    require(&state, &headers, Permission::ReadMetrics).await?;
     let text = state.metrics().encode(state.writer().queue_depth()).map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use keel_core::{
-    Action, CheckResult, Decision, Finding, Interaction, InteractionId, Outcome, Phase, Privacy, Timings, Tokens,
+    Action, CheckResult, Decision, Finding, Interaction, InteractionId, Outcome, Phase, Privacy, ShadowDecision,
+    Timings, Tokens,
 };
 use keel_policy::text::redact;
 use keel_policy::{Context, Lang, Policy, StreamGuard, TextPart};
@@ -132,6 +133,22 @@ fn input_parts(body: &Value) -> Vec<(PartRef, String)> {
     parts
 }
 
+/// The end user a request is for: the `x-keel-user` header, else the OpenAI `user` field.
+/// It makes canary assignment sticky; it is not stored.
+fn user_of(headers: &HeaderMap, body: &Value) -> Result<Option<String>, ApiError> {
+    if let Some(header) = headers.get("x-keel-user") {
+        let user = header
+            .to_str()
+            .map_err(|_| ApiError::invalid("x-keel-user", "the x-keel-user header must be visible ASCII"))?;
+        return Ok(Some(user.trim().to_owned()).filter(|u| !u.is_empty()));
+    }
+    match body.get("user") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(user)) => Ok(Some(user.clone()).filter(|u| !u.is_empty())),
+        Some(_) => Err(ApiError::invalid("user", "`user` must be a string")),
+    }
+}
+
 /// Writes `text` back into the request at `at`.
 fn set_part(body: &mut Value, at: PartRef, text: String) {
     let slot = match at.content_part {
@@ -153,15 +170,28 @@ struct Record {
     request_original: String,
     request_redacted: Option<String>,
     policy: Arc<Policy>,
+    /// The shadow version judging beside `policy`, after the answer.
+    shadow: Option<Arc<Policy>>,
+    lang: Lang,
     decisions: Vec<Decision>,
     checks: Vec<CheckResult>,
     upstream_ms: f64,
     tokens: Tokens,
-    /// The request texts, kept for async checks (empty when the policy has none).
+    /// The request texts, kept for async checks and the shadow (empty when neither runs).
     input_texts: Vec<(Option<usize>, String)>,
 }
 
 impl Record {
+    /// What runs after the answer: the policy's async checks and the shadow version.
+    fn after_answer(&mut self) -> AfterAnswer {
+        AfterAnswer {
+            policy: self.policy.clone(),
+            shadow: self.shadow.clone(),
+            lang: self.lang,
+            input: std::mem::take(&mut self.input_texts),
+        }
+    }
+
     fn decision(&self) -> Action {
         self.decisions.iter().map(|d| d.action).max().unwrap_or(Action::Allow)
     }
@@ -201,6 +231,7 @@ impl Record {
             decision,
             decisions: self.decisions,
             checks: self.checks,
+            shadow: Vec::new(),
         }
     }
 }
@@ -216,35 +247,68 @@ fn blocking<R>(heavy: bool, work: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Stores `interaction` after running the policy's async (monitoring-only) checks on the
-/// request texts and the answer, off the request path; without async checks it stores at once.
-async fn record_with_async_checks(
-    state: &AppState,
+/// What is judged after the answer, off the request path.
+struct AfterAnswer {
     policy: Arc<Policy>,
+    shadow: Option<Arc<Policy>>,
+    lang: Lang,
+    input: Vec<(Option<usize>, String)>,
+}
+
+/// What the shadow version would have decided: the input always, the answer when there was one.
+fn judge_in_shadow(
+    shadow: &Policy,
+    interaction: &Interaction,
+    lang: Lang,
+    input: &[TextPart<'_>],
+    answer: &str,
+) -> Vec<ShadowDecision> {
+    let ctx = Context { app: &interaction.app, model: &interaction.model, lang };
+    let mut decisions = vec![shadow.judge(Phase::Input, input, &ctx).decision];
+    if !answer.is_empty() && shadow.has_checks(Phase::Output) {
+        decisions.push(shadow.judge(Phase::Output, &[TextPart { message: None, text: answer }], &ctx).decision);
+    }
+    decisions
+        .into_iter()
+        .map(|d| ShadowDecision { policy: shadow.reference(), phase: d.phase, action: d.action, rule: d.rule })
+        .collect()
+}
+
+/// Stores `interaction` after running the policy's async (monitoring-only) checks and the
+/// shadow version on the request texts and the answer, off the request path; with neither
+/// it stores at once. Nothing here changes what the client got.
+async fn record_after_answer(
+    state: &AppState,
+    after: AfterAnswer,
     mut interaction: Interaction,
     handoff: Option<HandoffRequest>,
-    input: Vec<(Option<usize>, String)>,
     answer: String,
 ) {
-    if !policy.has_async_checks(Phase::Input) && !policy.has_async_checks(Phase::Output) {
+    let AfterAnswer { policy, shadow, lang, input } = after;
+    if !policy.has_async_checks(Phase::Input) && !policy.has_async_checks(Phase::Output) && shadow.is_none() {
         state.record(interaction, handoff).await;
         return;
     }
     let state_for_task = state.clone();
     state.tasks().spawn(async move {
-        let results = tokio::task::spawn_blocking(move || {
+        // Kept so a failing check cannot cost the record of a served request.
+        let unjudged = interaction.clone();
+        let judged = tokio::task::spawn_blocking(move || {
             let parts: Vec<TextPart<'_>> = input.iter().map(|(m, t)| TextPart { message: *m, text: t }).collect();
             let mut results = policy.run_async_checks(Phase::Input, &parts);
             if !answer.is_empty() {
                 results.extend(policy.run_async_checks(Phase::Output, &[TextPart { message: None, text: &answer }]));
             }
-            results
+            let shadowed = shadow.map(|s| judge_in_shadow(&s, &interaction, lang, &parts, &answer)).unwrap_or_default();
+            interaction.checks.extend(results);
+            interaction.shadow = shadowed;
+            interaction
         })
         .await;
-        match results {
-            Ok(results) => interaction.checks.extend(results),
-            Err(e) => tracing::error!(interaction = %interaction.id, error = %e, "async checks failed"),
-        }
+        let interaction = judged.unwrap_or_else(|e| {
+            tracing::error!(interaction = %unjudged.id, error = %e, "async checks or the shadow policy failed");
+            unjudged
+        });
         state_for_task.record(interaction, handoff).await;
     });
 }
@@ -279,7 +343,10 @@ async fn serve(state: AppState, headers: HeaderMap, body: Body) -> Result<Respon
     let Some(upstream) = state.upstreams().route(&model).await else {
         return Err(ApiError::not_found(Some("model"), format!("The model `{model}` does not exist")));
     };
-    let policy = state.policy();
+    let id = InteractionId::new();
+    let user = user_of(&headers, &body)?;
+    let selection = state.select_policy(&caller.app, user.as_deref().unwrap_or(&id.to_string()))?;
+    let policy = selection.enforce;
     let parts = input_parts(&body);
     let lang = Lang::detect(&parts.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join("\n"));
     let ctx = Context { app: &caller.app, model: &model, lang };
@@ -303,7 +370,7 @@ async fn serve(state: AppState, headers: HeaderMap, body: Body) -> Result<Respon
     }
     let input_action = input.decision.action;
     let mut record = Record {
-        id: InteractionId::new(),
+        id,
         created_at,
         started,
         caller,
@@ -313,15 +380,17 @@ async fn serve(state: AppState, headers: HeaderMap, body: Body) -> Result<Respon
         request_original,
         request_redacted,
         policy: policy.clone(),
+        lang,
         decisions: vec![input.decision],
         checks: input.results,
         upstream_ms: 0.0,
         tokens: Tokens::default(),
-        input_texts: if policy.has_async_checks(Phase::Input) {
+        input_texts: if policy.has_async_checks(Phase::Input) || selection.shadow.is_some() {
             parts.iter().map(|(at, text)| (Some(at.message), text.clone())).collect()
         } else {
             Vec::new()
         },
+        shadow: selection.shadow,
     };
     tracing::debug!(interaction = %record.id, app = %record.caller.app, decision = %input_action, "input judged");
 
@@ -422,8 +491,7 @@ fn sse_data(payload: &str) -> Bytes {
 
 /// Answers a request blocked or escalated on input, without calling the upstream.
 async fn reply_without_upstream(state: &AppState, mut record: Record, reply: String) -> Response {
-    let input = std::mem::take(&mut record.input_texts);
-    let policy = record.policy.clone();
+    let after = record.after_answer();
     let action = record.decision();
     let stream = record.stream;
     let model = record.model.clone();
@@ -438,7 +506,7 @@ async fn reply_without_upstream(state: &AppState, mut record: Record, reply: Str
         created_at: interaction.created_at,
         reason,
     });
-    record_with_async_checks(state, policy, interaction, handoff, input, String::new()).await;
+    record_after_answer(state, after, interaction, handoff, String::new()).await;
     if stream {
         let chunk_id = format!("chatcmpl-keel-{id}");
         let mut out = Vec::new();
@@ -550,7 +618,7 @@ async fn whole_answer(
     let headers = record.headers();
     let id = record.id;
     let app = record.caller.app.clone();
-    let input = std::mem::take(&mut record.input_texts);
+    let after = record.after_answer();
     let pii_refs: Vec<&Finding> = pii.iter().collect();
     let interaction = record.finish(Outcome::Completed, 200, None, &original, &pii_refs);
     let handoff = handoff_reason.map(|reason| HandoffRequest {
@@ -559,7 +627,7 @@ async fn whole_answer(
         created_at: interaction.created_at,
         reason,
     });
-    record_with_async_checks(state, policy, interaction, handoff, input, original).await;
+    record_after_answer(state, after, interaction, handoff, original).await;
     (headers, axum::Json(answer)).into_response()
 }
 
@@ -821,8 +889,7 @@ impl StreamPump {
         self.record.checks.extend(output_results);
         let id = self.record.id;
         let app = self.record.caller.app.clone();
-        let input = std::mem::take(&mut self.record.input_texts);
-        let policy = self.record.policy.clone();
+        let after = self.record.after_answer();
         let pii_refs: Vec<&Finding> = pii.iter().collect();
         let status = if error.is_some() { 502 } else { 200 };
         let interaction = self.record.finish(outcome, status, error, &original, &pii_refs);
@@ -832,7 +899,7 @@ impl StreamPump {
             created_at: interaction.created_at,
             reason,
         });
-        record_with_async_checks(&state, policy, interaction, handoff, input, original).await;
+        record_after_answer(&state, after, interaction, handoff, original).await;
     }
 }
 

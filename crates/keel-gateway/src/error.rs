@@ -47,6 +47,23 @@ impl ApiError {
         ApiError { status: StatusCode::FORBIDDEN, message: message.into(), param: None, code: "forbidden" }
     }
 
+    /// 409: the change contradicts the current state (an illegal transition, a name taken).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::CONFLICT, message: message.into(), param: None, code: "conflict" }
+    }
+
+    /// The answer to a refused change to tokens or policy versions.
+    pub fn from_change(error: keel_store::ChangeError) -> Self {
+        use keel_store::ChangeError;
+        match error {
+            ChangeError::NotFound(message) => ApiError::not_found(None, message),
+            ChangeError::Conflict(message) => ApiError::conflict(message),
+            ChangeError::Forbidden(message) => ApiError::forbidden(message),
+            ChangeError::Invalid { field, message } => ApiError::invalid(field, message),
+            ChangeError::Store(e) => ApiError::internal(e),
+        }
+    }
+
     /// 404 for an unknown model or record.
     pub fn not_found(param: Option<&str>, message: impl Into<String>) -> Self {
         ApiError {
@@ -57,11 +74,6 @@ impl ApiError {
         }
     }
 
-    /// 409: the request conflicts with the record's current state.
-    pub fn conflict(message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::CONFLICT, message: message.into(), param: None, code: "conflict" }
-    }
-
     /// 413: body over the configured limit.
     pub fn too_large(limit: usize) -> Self {
         ApiError {
@@ -70,6 +82,11 @@ impl ApiError {
             param: None,
             code: "request_too_large",
         }
+    }
+
+    /// 503: Keel cannot serve the request now (e.g. no policy in force for the app).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), param: None, code: "unavailable" }
     }
 
     /// 502: the upstream could not be reached or answered with a server error.
@@ -98,7 +115,8 @@ impl ApiError {
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
-            413 | 409 | 400 => "invalid_request_error",
+            409 => "conflict_error",
+            413 | 400 => "invalid_request_error",
             _ => "api_error",
         }
     }

@@ -2,8 +2,10 @@
 //! its upstream clients, and the Keel API under `/api/`.
 //!
 //! Handlers are thin: judging belongs to `keel-policy`, storage to `keel-store`. This crate
-//! owns the wire formats (OpenAI JSON, SSE), authentication, and the order of events of one
-//! interaction. It does not read configuration files; the binary builds [`AppState`].
+//! owns the wire formats (OpenAI JSON, SSE), authentication and role checks ([`require`]),
+//! which stored policy version judges each request ([`rollout`]: active, shadow, canary,
+//! followed from the store without a restart), and the order of events of one interaction.
+//! It does not read configuration files; the binary builds [`AppState`].
 
 mod api;
 mod api_alerts;
@@ -12,9 +14,13 @@ mod chat;
 pub mod error;
 mod local;
 pub mod metrics;
+mod policies;
+pub mod rollout;
 pub mod sse;
 mod state;
+mod tokens;
 pub mod upstream;
+mod watch;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -22,12 +28,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-pub use auth::Caller;
+pub use auth::{require, Caller, Principal, TokenVerifier, TOKEN_CACHE_TTL};
 pub use error::ApiError;
 pub use local::{spawn_local_model, LocalModelServer, LOCAL_MODEL_ID};
 pub use metrics::GatewayMetrics;
+pub use policies::next_stage;
+pub use rollout::{Bindings, PlainCompiler, PolicyCompiler, Rollout, RolloutError};
 pub use state::{key_hash, AppState, ClientKey, GatewaySettings, OPEN_APP};
 pub use upstream::{UpstreamConfig, Upstreams};
+pub use watch::watch_store;
 
 /// The gateway's routes.
 pub fn router(state: AppState) -> Router {
@@ -41,6 +50,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/alerts/{id}/acknowledge", post(api_alerts::acknowledge))
         .route("/api/alerts/{id}/resolve", post(api_alerts::resolve))
         .route("/metrics", get(api_alerts::metrics))
+        .route("/api/policies", get(policies::list).post(policies::add))
+        .route("/api/policies/diff", get(policies::diff))
+        .route("/api/policies/{policy}", get(policies::show))
+        .route("/api/policies/{policy}/approve", post(policies::approve))
+        .route("/api/policies/{policy}/promote", post(policies::promote))
+        .route("/api/policies/{policy}/withdraw", post(policies::withdraw))
+        .route("/api/policies/{policy}/rollback", post(policies::rollback))
+        .route("/api/policies/{policy}/shadow", get(policies::shadow))
+        .route("/api/tokens", get(tokens::list_tokens).post(tokens::create_token))
+        .route("/api/tokens/{name}/revoke", post(tokens::revoke_token))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::not_found(None, "no such route") })
         // One span per request (method, path): what `tracing` subscribers and the binary's

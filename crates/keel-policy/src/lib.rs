@@ -7,10 +7,12 @@
 
 pub mod check;
 pub mod detect;
+pub mod diff;
 pub mod expr;
 pub mod file;
 pub mod memory;
 mod policy;
+pub mod resolve;
 pub mod source;
 pub mod stream;
 pub mod text;

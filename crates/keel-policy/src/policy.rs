@@ -148,7 +148,7 @@ pub struct Models {
 pub const DEFAULT_PACK: &str = include_str!("../../../policies/default.toml");
 
 /// How deep `extends` chains may go, so a cycle is an error rather than a hang.
-const MAX_EXTENDS_DEPTH: usize = 4;
+pub(crate) const MAX_EXTENDS_DEPTH: usize = 4;
 
 const RESERVED: &[&str] = &["phase", "app", "model", "true", "false", "and", "or", "not", "in", "has_any", "len"];
 

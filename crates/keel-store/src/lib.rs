@@ -1,7 +1,8 @@
 //! Keel's storage: where interactions, handoff requests and the hash-chained audit log live.
 //!
 //! This crate owns the per-concern store traits ([`InteractionStore`], [`AuditStore`],
-//! [`HandoffStore`], [`DriftStore`], and [`Store`] with its single write entry point), their SQLite
+//! [`HandoffStore`], [`DriftStore`], [`AccessStore`] for admin tokens, [`LifecycleStore`] for stored
+//! policy versions and gate runs, and [`Store`] with its single write entry point), their SQLite
 //! implementation with its migrations, the audit chain's hashing and verification, the
 //! batched [`Writer`] the gateway records through, and the privacy rule for stored text.
 //! It must not judge anything (that is keel-policy), speak HTTP (keel-gateway) or read
@@ -9,9 +10,11 @@
 //!
 //! A backend is chosen by URL scheme through [`resolve`]; callers hold an `Arc<dyn Store>`.
 
+pub mod access;
 pub mod audit;
 mod drift;
 mod error;
+pub mod lifecycle;
 mod privacy;
 pub mod sqlite;
 mod store;
@@ -21,12 +24,17 @@ pub mod writer;
 
 use std::sync::Arc;
 
+pub use access::{AccessGeneration, AccessStore, ChangeError, IssuedToken, TokenInfo, TokenRecord};
 pub use audit::{export_jsonl, verify_chain, ChainVerifier};
 pub use drift::{
     AlertFilter, AlertWindow, DeliveryAttempt, DeliveryStatus, DetectorCheckpoint, DriftAlert, DriftCommit,
     DriftSource, DriftStore, NewDriftAlert, PendingDelivery,
 };
 pub use error::{Result, StoreError};
+pub use lifecycle::{
+    GateKind, GateRun, LifecycleStore, NewGateRun, NewPolicyVersion, PolicyStatus, PolicyVersion, Promotion,
+    RollbackOutcome, Seeded, ShadowExample, ShadowPair, ShadowReport, Transition,
+};
 pub use privacy::stored_text;
 pub use sqlite::SqliteStore;
 pub use store::{AuditStore, HandoffStore, InteractionStore, Store};

@@ -22,6 +22,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
+mod access;
+mod lifecycle;
+
 use crate::audit::{batch_records, check_entries, format_at, parse_at};
 use crate::error::{Result, StoreError};
 use crate::store::{AuditStore, HandoffStore, InteractionStore, Store};
@@ -352,6 +355,7 @@ fn interaction_from_row(row: &SqliteRow) -> Result<Interaction> {
         decision: r.parse("decision", Action::from_str)?,
         decisions: r.json::<Vec<Decision>>("decisions")?,
         checks: r.json::<Vec<CheckResult>>("checks")?,
+        shadow: Vec::new(),
     })
 }
 
@@ -431,7 +435,11 @@ impl InteractionStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading an interaction"))?;
-        row.as_ref().map(interaction_from_row).transpose()
+        let Some(mut interaction) = row.as_ref().map(interaction_from_row).transpose()? else {
+            return Ok(None);
+        };
+        interaction.shadow = lifecycle::shadow_of(&self.pool, id).await?;
+        Ok(Some(interaction))
     }
 
     async fn list_interactions(&self, filter: &InteractionFilter) -> Result<Vec<InteractionSummary>> {
@@ -603,6 +611,9 @@ impl Store for SqliteStore {
                 .push_bind(row.check.hit);
         })
         .await?;
+        let shadow: Vec<(&str, &[keel_core::ShadowDecision])> =
+            rows.iter().map(|row| (row.id.as_str(), row.interaction.shadow.as_slice())).collect();
+        lifecycle::insert_shadow(&mut tx, &shadow).await?;
         insert_rows(&mut tx, "handoffs", HANDOFF_COLUMNS, &handoffs, "storing a handoff request", |values, row| {
             values
                 .push_bind(row.interaction_id.as_str())

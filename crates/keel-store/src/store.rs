@@ -7,8 +7,10 @@
 use async_trait::async_trait;
 use keel_core::{AuditRecord, Interaction, InteractionId};
 
+use crate::access::AccessStore;
 use crate::drift::DriftStore;
 use crate::error::Result;
+use crate::lifecycle::LifecycleStore;
 use crate::types::{HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, VerifyReport, WriteBatch};
 
 /// Reading stored interactions.
@@ -54,7 +56,7 @@ pub trait HandoffStore: Send + Sync {
 
 /// A complete Keel store: every reading concern plus the single write entry point.
 #[async_trait]
-pub trait Store: InteractionStore + AuditStore + HandoffStore + DriftStore {
+pub trait Store: InteractionStore + AuditStore + HandoffStore + DriftStore + AccessStore + LifecycleStore {
     /// Writes the batch in one transaction and returns the audit records it appended: one
     /// `decision` record (actor `gateway`) per interaction in order, then one per explicit
     /// entry in order. Nothing is written when it fails.

@@ -470,6 +470,102 @@ mod tests {
     }
 
     #[async_trait]
+    impl crate::AccessStore for FlakyStore {
+        async fn create_token(
+            &self,
+            name: &str,
+            role: keel_core::Role,
+            actor: &str,
+        ) -> Result<crate::IssuedToken, crate::ChangeError> {
+            self.inner.create_token(name, role, actor).await
+        }
+        async fn list_tokens(&self) -> Result<Vec<crate::TokenInfo>> {
+            self.inner.list_tokens().await
+        }
+        async fn revoke_token(&self, name: &str, actor: &str) -> Result<crate::TokenInfo, crate::ChangeError> {
+            self.inner.revoke_token(name, actor).await
+        }
+        async fn token_record(&self, lookup_id: &str) -> Result<Option<crate::TokenRecord>> {
+            self.inner.token_record(lookup_id).await
+        }
+        async fn touch_token(&self, lookup_id: &str, at: time::OffsetDateTime) -> Result<()> {
+            self.inner.touch_token(lookup_id, at).await
+        }
+        async fn access_generation(&self) -> Result<crate::AccessGeneration> {
+            self.inner.access_generation().await
+        }
+    }
+
+    #[async_trait]
+    impl crate::LifecycleStore for FlakyStore {
+        async fn add_policy_version(
+            &self,
+            new: crate::NewPolicyVersion,
+            actor: &str,
+        ) -> Result<crate::PolicyVersion, crate::ChangeError> {
+            self.inner.add_policy_version(new, actor).await
+        }
+        async fn seed_policy_version(
+            &self,
+            new: crate::NewPolicyVersion,
+            actor: &str,
+        ) -> Result<crate::Seeded, crate::ChangeError> {
+            self.inner.seed_policy_version(new, actor).await
+        }
+        async fn policy_version(&self, policy: &PolicyRef) -> Result<Option<crate::PolicyVersion>> {
+            self.inner.policy_version(policy).await
+        }
+        async fn policy_versions(&self, name: Option<&str>) -> Result<Vec<crate::PolicyVersion>> {
+            self.inner.policy_versions(name).await
+        }
+        async fn policies_in_force(&self) -> Result<Vec<crate::PolicyVersion>> {
+            self.inner.policies_in_force().await
+        }
+        async fn policy_transitions(&self, policy: &PolicyRef) -> Result<Vec<crate::Transition>> {
+            self.inner.policy_transitions(policy).await
+        }
+        async fn approve_policy_version(
+            &self,
+            policy: &PolicyRef,
+            actor: &str,
+        ) -> Result<crate::PolicyVersion, crate::ChangeError> {
+            self.inner.approve_policy_version(policy, actor).await
+        }
+        async fn promote_policy_version(
+            &self,
+            policy: &PolicyRef,
+            promotion: &crate::Promotion,
+            actor: &str,
+        ) -> Result<crate::PolicyVersion, crate::ChangeError> {
+            self.inner.promote_policy_version(policy, promotion, actor).await
+        }
+        async fn withdraw_policy_version(
+            &self,
+            policy: &PolicyRef,
+            actor: &str,
+        ) -> Result<crate::PolicyVersion, crate::ChangeError> {
+            self.inner.withdraw_policy_version(policy, actor).await
+        }
+        async fn rollback_policy(
+            &self,
+            name: &str,
+            to: Option<&str>,
+            actor: &str,
+        ) -> Result<crate::RollbackOutcome, crate::ChangeError> {
+            self.inner.rollback_policy(name, to, actor).await
+        }
+        async fn record_gate_run(&self, run: crate::NewGateRun) -> Result<crate::GateRun, crate::ChangeError> {
+            self.inner.record_gate_run(run).await
+        }
+        async fn gate_runs(&self, policy: &PolicyRef) -> Result<Vec<crate::GateRun>> {
+            self.inner.gate_runs(policy).await
+        }
+        async fn shadow_report(&self, policy: &PolicyRef, examples: u32) -> Result<crate::ShadowReport> {
+            self.inner.shadow_report(policy, examples).await
+        }
+    }
+
+    #[async_trait]
     impl Store for FlakyStore {
         async fn write_batch(&self, batch: WriteBatch) -> Result<Vec<AuditRecord>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
@@ -517,6 +613,7 @@ mod tests {
             decision: Action::Allow,
             decisions: vec![],
             checks: vec![],
+            shadow: vec![],
         }
     }
 

@@ -101,6 +101,7 @@ fn interaction(n: usize) -> Interaction {
             reason: "test load".to_owned(),
         }],
         checks,
+        shadow: vec![],
     }
 }
 

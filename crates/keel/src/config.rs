@@ -73,6 +73,15 @@ admin = false
 [apps.support]
 # What is stored of this app's texts: "full", "redacted" or "none".
 privacy = "redacted"
+# The stored policy (by name) whose active version judges this app's traffic. Omit it to use
+# the policy of `policy` above. The name needs an active version in the store at start.
+# policy = "support-bot"
+
+# Admin tokens and stored policy versions (see `keel token` and `keel policy`).
+[lifecycle]
+# How often a running gateway polls the store for changes made elsewhere (the CLI, other
+# replicas): promotions, rollbacks and token revocations take effect within this time.
+poll_interval_ms = 1000
 "#;
 
 /// The whole documented example: the server settings, then `[monitor]`.
@@ -106,6 +115,27 @@ pub struct ConfigFile {
     pub apps: HashMap<String, AppFile>,
     /// See [`crate::config_monitor::EXAMPLE`].
     pub monitor: Option<crate::config_monitor::MonitorFile>,
+    /// See [`EXAMPLE`].
+    #[serde(default)]
+    pub lifecycle: LifecycleFile,
+}
+
+/// The `[lifecycle]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleFile {
+    #[serde(default = "default_poll_interval")]
+    poll_interval_ms: u64,
+}
+
+impl Default for LifecycleFile {
+    fn default() -> Self {
+        Self { poll_interval_ms: default_poll_interval() }
+    }
+}
+
+fn default_poll_interval() -> u64 {
+    1000
 }
 
 /// One `[[upstreams]]` entry.
@@ -173,6 +203,19 @@ pub struct KeyFile {
 pub struct AppFile {
     #[serde(default)]
     privacy: Privacy,
+    #[serde(default)]
+    policy: Option<String>,
+}
+
+/// An app bound to a stored policy name by `[apps.NAME] policy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPolicy {
+    /// The app.
+    pub app: String,
+    /// The policy name it enforces.
+    pub policy: String,
+    /// Where the binding is written (`keel.toml:14:10: apps.support.policy`), for errors.
+    pub location: String,
 }
 
 /// Values given on the command line, which win over the file.
@@ -203,6 +246,10 @@ pub struct Config {
     pub local_upstreams: Vec<LocalUpstream>,
     /// Gateway settings.
     pub gateway: GatewaySettings,
+    /// Apps bound to a policy name other than the default one.
+    pub app_policies: Vec<AppPolicy>,
+    /// How often the store is polled for changes made elsewhere.
+    pub poll_interval: Duration,
     /// Notes for the operator about adjustments made (e.g. loopback only).
     pub notices: Vec<String>,
     /// Drift monitoring; no detectors means the default set.
@@ -361,6 +408,28 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
         bail!(source.error_at(&FieldPath::key("max_body_bytes"), "must be at least 1024"));
     }
     let monitor = crate::config_monitor::validate(file.monitor.as_ref(), &source)?;
+    let mut app_policies = Vec::new();
+    for (app, settings) in &file.apps {
+        let Some(policy) = &settings.policy else { continue };
+        let at = FieldPath::key("apps").field(app).field("policy");
+        if policy.trim().is_empty() || policy.contains('@') {
+            bail!(source.error_at(&at, "a policy name, like \"support-bot\" (apps follow the name's active version)"));
+        }
+        let located = source.error_at(&at, "");
+        let location = match (located.line, located.column) {
+            (Some(line), Some(column)) => format!("{file_name}:{line}:{column}: {at}"),
+            _ => format!("{file_name}: {at}"),
+        };
+        app_policies.push(AppPolicy { app: app.clone(), policy: policy.clone(), location });
+    }
+    app_policies.sort_by(|a, b| a.app.cmp(&b.app));
+    let poll_interval_ms = file.lifecycle.poll_interval_ms;
+    if !(50..=60_000).contains(&poll_interval_ms) {
+        bail!(source.error_at(
+            &FieldPath::key("lifecycle").field("poll_interval_ms"),
+            "must be between 50 and 60000 (milliseconds)"
+        ));
+    }
     let store = match overrides.store.or(file.store) {
         Some(url) => url,
         None => default_store_url("keel.db")?,
@@ -377,6 +446,8 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
             default_privacy: file.default_privacy,
             max_body_bytes,
         },
+        app_policies,
+        poll_interval: Duration::from_millis(poll_interval_ms),
         notices,
         monitor,
     })
@@ -415,7 +486,7 @@ mod tests {
     #[test]
     fn unknown_fields_name_file_and_line() {
         let err = parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err().to_string();
-        insta::assert_snapshot!(err, @r"keel.toml:2:1: unknown field `listen_port`, expected one of `listen`, `store`, `policy`, `max_body_bytes`, `default_privacy`, `upstreams`, `keys`, `apps`, `monitor`");
+        insta::assert_snapshot!(err, @r"keel.toml:2:1: unknown field `listen_port`, expected one of `listen`, `store`, `policy`, `max_body_bytes`, `default_privacy`, `upstreams`, `keys`, `apps`, `monitor`, `lifecycle`");
     }
 
     #[test]

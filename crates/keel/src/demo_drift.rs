@@ -94,6 +94,7 @@ fn logged(at: OffsetDateTime, decision: Action) -> Interaction {
             elapsed_us: 3,
             mode: Default::default(),
         }],
+        shadow: Vec::new(),
     }
 }
 

@@ -277,13 +277,13 @@ fn run_path(run: &str) -> anyhow::Result<PathBuf> {
     bail!("no run `{run}`: not a file and not a run id in {}", dir.display())
 }
 
-fn load_run(run: &str) -> anyhow::Result<(PathBuf, RunRecord)> {
+pub(crate) fn load_run(run: &str) -> anyhow::Result<(PathBuf, RunRecord)> {
     let path = run_path(run)?;
     let record = record::read(&path)?;
     Ok((path, record))
 }
 
-fn load_gate(name: &str) -> anyhow::Result<LoadedGate> {
+pub(crate) fn load_gate(name: &str) -> anyhow::Result<LoadedGate> {
     if !Path::new(name).exists() {
         if let Some((file, text)) = BUILTIN_GATES.iter().find(|(n, _)| *n == name) {
             return Ok(LoadedGate::parse(&format!("suites/gates/{file}.toml"), text)?);

@@ -9,15 +9,20 @@ mod alerts_cli;
 mod config;
 mod config_monitor;
 mod demo;
-mod demo_memory;
-mod demo_eval;
-mod eval;
 mod demo_drift;
+mod demo_eval;
+mod demo_lifecycle;
+mod demo_memory;
+mod eval;
+mod identity;
 mod models;
 mod monitoring;
 #[cfg(feature = "otel")]
 mod otel;
+mod policies;
 mod serve;
+mod table;
+mod tokens;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -71,10 +76,10 @@ enum Command {
         #[arg(long)]
         scripted: bool,
     },
-    /// Policy files.
+    /// Policy files and stored policy versions (lifecycle).
     Policy {
         #[command(subcommand)]
-        command: PolicyCommand,
+        command: policies::PolicyCommand,
     },
     /// The audit log.
     Audit {
@@ -85,6 +90,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Admin tokens (roles for /api/ and for changing CLI commands).
+    Token {
+        #[command(subcommand)]
+        command: tokens::TokenCommand,
     },
     /// Client keys.
     Keys {
@@ -214,7 +224,6 @@ enum AlertsCommand {
     },
 }
 
-
 #[derive(Subcommand)]
 enum ModelsCommand {
     /// Fetch the pinned models (all, or those named) into $KEEL_HOME/models.
@@ -228,71 +237,6 @@ enum ModelsCommand {
         #[arg(long)]
         available: bool,
     },
-}
-
-#[derive(Subcommand)]
-enum PolicyCommand {
-    /// Validate a policy file and print a summary.
-    Check {
-        /// The policy file.
-        file: PathBuf,
-    },
-    /// Build a candidate version from labelled cases: the base's text with its memory updated.
-    Candidate {
-        /// Labelled cases, one JSON object per line (see the README's "Policy memory").
-        #[arg(long = "from-labels", value_name = "FILE.jsonl")]
-        from_labels: PathBuf,
-        /// The base policy version (only read, never changed).
-        #[arg(long, value_name = "POLICY_FILE")]
-        base: PathBuf,
-        /// Where to write the candidate (a new file).
-        #[arg(long, short, value_name = "NEW_FILE")]
-        output: PathBuf,
-        /// The candidate's version (default: the base's with `-mem.N` bumped).
-        #[arg(long)]
-        version: Option<String>,
-        /// Name of the memory check (created if the base has none).
-        #[arg(long, default_value = "memory")]
-        check: String,
-        /// Phase of a created memory check: input, output or both.
-        #[arg(long, default_value = "input", value_parser = parse_phase)]
-        phase: keel_policy::file::PhaseSelector,
-        /// Action of the rule a created memory check gets.
-        #[arg(long, default_value = "block", value_parser = parse_action)]
-        action: keel_core::Action,
-        /// Priority of that rule.
-        #[arg(long, default_value_t = keel_adapt::candidate::DEFAULT_RULE_PRIORITY)]
-        priority: i32,
-        /// A rule that confident "ok" memory may lift (over-refusals); repeatable.
-        #[arg(long)]
-        lift: Vec<String>,
-        /// Similarity at which a case joins an existing entry's cluster.
-        #[arg(long, default_value_t = keel_adapt::build::DEFAULT_CLUSTER_SIMILARITY)]
-        cluster_similarity: f64,
-        /// Age half-life of labels for a created memory check, in days (default: no decay).
-        #[arg(long)]
-        half_life_days: Option<f64>,
-        /// Keep personal data in case texts (default: replaced with [KIND] placeholders).
-        #[arg(long)]
-        keep_pii: bool,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-fn parse_phase(text: &str) -> Result<keel_policy::file::PhaseSelector, String> {
-    match text {
-        "input" => Ok(keel_policy::file::PhaseSelector::Input),
-        "output" => Ok(keel_policy::file::PhaseSelector::Output),
-        "both" => Ok(keel_policy::file::PhaseSelector::Both),
-        other => Err(format!("`{other}` is not a phase (input, output, both)")),
-    }
-}
-
-fn parse_action(text: &str) -> Result<keel_core::Action, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
-        .map_err(|_| format!("`{text}` is not an action (allow, flag, redact, escalate, block)"))
 }
 
 #[derive(Subcommand)]
@@ -398,48 +342,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             demo::run(listen, store, exit, scripted).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy { command: PolicyCommand::Check { file } } => {
-            let models = serve::models_for(Some(&file)).await?;
-            let policy = keel_policy::Policy::load_with(&file, &models)?;
-            println!("{}: OK\n{}", file.display(), policy.summary());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Policy {
-            command:
-                PolicyCommand::Candidate {
-                    from_labels,
-                    base,
-                    output,
-                    version,
-                    check,
-                    phase,
-                    action,
-                    priority,
-                    lift,
-                    cluster_similarity,
-                    half_life_days,
-                    keep_pii,
-                    json,
-                },
-        } => {
-            let args = adapt::CandidateArgs {
-                labels: from_labels,
-                base,
-                output,
-                version,
-                check,
-                phase,
-                action,
-                priority,
-                lift,
-                cluster_similarity,
-                half_life_days,
-                keep_pii,
-                json,
-            };
-            print!("{}", adapt::candidate(args).await?);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Policy { command } => policies::run(command).await,
         Command::Bench {
             command:
                 BenchCommand::Adapt { quick, seed, items, label_rate, radius, cluster_similarity, half_life_days, json },
@@ -516,6 +419,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{out}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token { command } => tokens::run(command).await,
         Command::Models { command: ModelsCommand::Pull { names } } => {
             let specs = models::specs(&names)?;
             let home = config::keel_home();

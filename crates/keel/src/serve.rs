@@ -1,14 +1,25 @@
 //! Running a gateway: wiring config, policy, store, writer and upstreams; serving until a
-//! shutdown signal; reloading the policy on SIGHUP; draining the writer on the way out.
+//! shutdown signal; registering the policy file again on SIGHUP; draining the writer on the
+//! way out.
+//!
+//! The policy file of keel.toml (or `--policy`, or the built-in pack) seeds the store: on the
+//! first start its version is stored and activated (`policy.seeded`). From then on the store
+//! is the truth: the versions in force are the store's active, shadow and canary versions,
+//! and a new version of the file (at start or on SIGHUP) is stored as a draft, to go through
+//! approval, the gate and promotion like any other. `x-keel-policy` always names the version
+//! that decided.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use keel_gateway::{AppState, LocalModelServer, UpstreamConfig, Upstreams, LOCAL_MODEL_ID};
+use async_trait::async_trait;
+use keel_gateway::{
+    AppState, Bindings, LocalModelServer, PolicyCompiler, RolloutError, UpstreamConfig, Upstreams, LOCAL_MODEL_ID,
+};
 use keel_policy::{Models, Policy, DEFAULT_PACK};
-use keel_store::{AuditEntry, Store, Writer, WriterConfig, WriterHandle, WriterSummary};
+use keel_store::{AuditEntry, NewPolicyVersion, Seeded, Store, Writer, WriterConfig, WriterHandle, WriterSummary};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -35,11 +46,95 @@ pub async fn models_for(path: Option<&std::path::Path>) -> anyhow::Result<Models
     if !Policy::needs_embedder(&path.display().to_string(), &text)? {
         return Ok(Models::default());
     }
+    load_models().await
+}
+
+/// Loads the embedder and the injection classifier, fetching the pinned models on first use.
+pub async fn load_models() -> anyhow::Result<Models> {
     let home = config::keel_home();
     let paths = keel_models::ModelPaths::from_env()
         .unwrap_or_else(|| keel_models::ModelPaths::in_models_dir(&keel_models::models_dir(&home)));
     let loaded = models::load_embedding(&paths, &home).await?;
     Ok(Models { embedder: Some(loaded.embedder), classifier: Some(loaded.classifier) })
+}
+
+/// Compiles policy texts with the models they need, loading the models on first need (a
+/// promoted version may use semantic checks the file's version did not).
+pub struct ModelCompiler {
+    models: tokio::sync::Mutex<Models>,
+}
+
+impl ModelCompiler {
+    /// A compiler that starts with the models already loaded.
+    pub fn new(models: Models) -> Self {
+        ModelCompiler { models: tokio::sync::Mutex::new(models) }
+    }
+}
+
+#[async_trait]
+impl PolicyCompiler for ModelCompiler {
+    async fn compile(&self, label: &str, text: &str) -> Result<Policy, String> {
+        let needs = Policy::needs_embedder(label, text).map_err(|e| e.to_string())?;
+        let models = {
+            let mut models = self.models.lock().await;
+            if needs && models.embedder.is_none() {
+                *models =
+                    load_models().await.map_err(|e| format!("{label}: cannot load the models it needs: {e:#}"))?;
+            }
+            models.clone()
+        };
+        let (label, text) = (label.to_owned(), text.to_owned());
+        // Model-based checks embed their exemplars while compiling: keep that off the runtime.
+        tokio::task::spawn_blocking(move || Policy::parse_with(&label, &text, &models).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+}
+
+/// The self-contained text of the policy file (its file bases folded in) or of the built-in
+/// pack, and where it came from.
+fn seed_of(path: Option<&std::path::Path>, policy: &Policy) -> anyhow::Result<NewPolicyVersion> {
+    let (source_text, origin) = match path {
+        Some(path) => (keel_policy::resolve::resolve_file(path)?, path.display().to_string()),
+        None => (DEFAULT_PACK.to_owned(), "built-in default pack".to_owned()),
+    };
+    let reference = policy.reference();
+    Ok(NewPolicyVersion { name: reference.name, version: reference.version, source_text, parent_version: None, origin })
+}
+
+/// Stores the policy file's version (see the module docs) and says what happened.
+async fn seed(store: &dyn Store, path: Option<&std::path::Path>, policy: &Policy) -> anyhow::Result<()> {
+    let new = seed_of(path, policy)?;
+    let origin = new.origin.clone();
+    match store.seed_policy_version(new, "system").await {
+        Ok(Seeded::Activated(v)) => {
+            tracing::info!(policy = %v.reference(), origin = %origin, "first start with this policy: stored and activated");
+        }
+        Ok(Seeded::Registered(v)) => tracing::warn!(
+            policy = %v.reference(), origin = %origin,
+            "the policy file holds a new version: stored as a draft; the store's active version stays in force until it is approved, gated and promoted (keel policy approve / promote)"
+        ),
+        Ok(Seeded::Known(v)) if v.status != keel_store::PolicyStatus::Active => tracing::warn!(
+            policy = %v.reference(), status = %v.status, origin = %origin,
+            "the policy file holds a stored version that is not active; the store's active version is in force"
+        ),
+        Ok(Seeded::Known(_)) => {}
+        Err(keel_store::ChangeError::Store(e)) => return Err(e.into()),
+        Err(e) => {
+            tracing::error!(error = %e, origin = %origin, "the policy file is refused; the store's versions stay in force");
+            store
+                .write_batch(keel_store::WriteBatch {
+                    audit: vec![AuditEntry::now(
+                        "system",
+                        "policy.reload_refused",
+                        json!({"error": e.to_string(), "origin": origin}),
+                    )],
+                    ..keel_store::WriteBatch::default()
+                })
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// A gateway that is listening.
@@ -111,7 +206,6 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
             "max_body_bytes": config.gateway.max_body_bytes,
         })))
         .await?;
-    writer.record_audit(policy_loaded(&policy, &policy_source)).await?;
 
     let mut upstream_configs = config.upstreams.clone();
     let mut local_servers = Vec::new();
@@ -138,14 +232,44 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
     }
     let upstreams = Upstreams::new(upstream_configs).context("cannot build the upstream HTTP client")?;
     upstreams.discover().await;
-    let policy = Arc::new(policy);
-    let state = AppState::new(config.gateway.clone(), policy.clone(), upstreams, store, writer.clone());
-    let monitor = monitoring::start(config.monitor.clone(), &state, &models, &policy).await?;
+    seed(store.as_ref(), config.policy.as_deref(), &policy).await?;
+    let file_policy = policy.reference();
+    let state = AppState::new(config.gateway.clone(), Arc::new(policy), upstreams, store, writer.clone());
+    state.refresh_access().await.context("cannot read the admin tokens of the store")?;
+    let bindings = Bindings {
+        default_name: file_policy.name.clone(),
+        apps: config.app_policies.iter().map(|b| (b.app.clone(), b.policy.clone())).collect(),
+    };
+    let rollout = state.manage_policies(Arc::new(ModelCompiler::new(models.clone())), bindings).await.map_err(|e| {
+        match &e {
+            RolloutError::Unbound { app, name } => match config.app_policies.iter().find(|b| &b.app == app) {
+                Some(binding) => anyhow::anyhow!(
+                    "{}: no version of policy `{name}` is active in the store (add it with `keel policy add`, approve and promote it first)",
+                    binding.location
+                ),
+                None => anyhow::anyhow!("{e}"),
+            },
+            _ => anyhow::anyhow!("{e}"),
+        }
+    })?;
+    let in_force_policy = rollout.default_active();
+    let in_force = in_force_policy.reference();
+    if in_force != file_policy {
+        tracing::warn!(
+            file = %file_policy, in_force = %in_force, source = %policy_source,
+            "the policy file is not the version in force: the store's active version decides (see `keel policy list`)"
+        );
+    }
+    if state.is_open() && !state.api_is_open() {
+        tracing::info!("no client keys configured, but admin tokens exist: /api/ needs a token");
+    }
+    let monitor = monitoring::start(config.monitor.clone(), &state, &models, &in_force_policy).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    keel_gateway::watch_store(state.clone(), config.poll_interval, shutdown.subscribe());
     let app = keel_gateway::router(state.clone());
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -168,19 +292,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
     })
 }
 
-fn policy_loaded(policy: &Policy, source: &str) -> AuditEntry {
-    AuditEntry::now(
-        "system",
-        "policy.loaded",
-        json!({
-            "policy": policy.reference().to_string(),
-            "source": source,
-            "sha256": policy.source_sha256(),
-        }),
-    )
-}
-
-/// Waits for Ctrl-C or SIGTERM; on SIGHUP reloads the policy (a bad file keeps the old one).
+/// Waits for Ctrl-C or SIGTERM; on SIGHUP stores the policy file's version again (see [`reload`]).
 async fn wait_for_shutdown_signal(state: AppState, policy_path: Option<std::path::PathBuf>, models: Models) {
     #[cfg(unix)]
     {
@@ -204,16 +316,34 @@ async fn wait_for_shutdown_signal(state: AppState, policy_path: Option<std::path
     }
 }
 
-/// Replaces the running policy with the file's current content, if it is valid.
+/// Stores the policy file's current version (SIGHUP): a new version becomes a draft (see the
+/// module docs); a file that does not compile, or that changed without a new version, is
+/// refused and audited. What is in force changes only through the store.
 pub async fn reload(state: &AppState, path: Option<&std::path::Path>, models: &Models) {
-    match load_policy(path, models) {
-        Ok((policy, source)) => {
-            tracing::info!(policy = %policy.reference(), "policy reloaded");
-            state.audit(policy_loaded(&policy, &source)).await;
-            state.set_policy(Arc::new(policy));
+    let checked = async {
+        let needs = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read the policy file", path.display()))?;
+                Policy::needs_embedder(&path.display().to_string(), &text)?
+            }
+            None => false,
+        };
+        let models = if needs && models.embedder.is_none() { load_models().await? } else { models.clone() };
+        load_policy(path, &models).map(|(policy, _)| policy)
+    };
+    match checked.await {
+        Ok(policy) => {
+            tracing::info!(policy = %policy.reference(), "policy file read again");
+            if let Err(e) = seed(state.store().as_ref(), path, &policy).await {
+                tracing::error!(error = %e, "cannot store the policy file's version");
+            }
+            if let Err(e) = state.refresh().await {
+                tracing::error!(error = %e, "cannot read the store");
+            }
         }
         Err(e) => {
-            tracing::error!(error = %e, running = %state.policy().reference(), "policy reload refused; the running policy stays in force");
+            tracing::error!(error = %e, running = %state.policy().reference(), "policy file refused; what is in force stays");
             state.audit(AuditEntry::now("system", "policy.reload_refused", json!({"error": e.to_string()}))).await;
         }
     }

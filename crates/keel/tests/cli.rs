@@ -108,6 +108,12 @@ async fn demo_decides_explains_and_leaves_a_verifiable_chain_that_detects_tamper
         "credit_card",
         "[PHONE]",
         "\"status\":\"ok\"",
+        "b. approval by its author → HTTP 403",
+        "c. promotion to shadow without a gate run → HTTP 409",
+        "shadow report: judged 3, would have decided otherwise on 2",
+        "x-keel-policy default@1.1.0 → default@1.1.0-demo.",
+        "the refund request: redact → escalate",
+        ", x-keel-policy default@1.1.0-demo.",
     ] {
         assert!(text.contains(expected), "demo output lacks {expected:?}:\n{text}");
     }
@@ -202,8 +208,23 @@ async fn sigterm_drains_every_acknowledged_interaction() {
     assert!(verify.status.success(), "{}", stdout(&verify));
 }
 
+/// Kills the child process if the test fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// SIGHUP reads the policy file again. The store is the truth of what is in force, so a
+/// valid new version is stored as a draft and goes into force only when promoted (here by an
+/// admin overriding the gate); a bad file is refused and audited, and nothing changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_a_valid_policy_and_keeps_the_running_one_on_errors() {
+async fn sighup_registers_a_new_policy_version_and_refuses_a_bad_file() {
     let upstream =
         keel_scripted_upstream::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), Script::echo(), Options::default())
             .await
@@ -222,6 +243,7 @@ async fn sighup_reloads_a_valid_policy_and_keeps_the_running_one_on_errors() {
         .spawn()
         .unwrap();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let child = KillOnDrop(child);
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     let base = line.trim().strip_prefix("Keel listening on ").unwrap().to_string();
@@ -249,21 +271,54 @@ async fn sighup_reloads_a_valid_policy_and_keeps_the_running_one_on_errors() {
 
     std::fs::write(&policy, original.replace("when = \"injection.score >= 0.8\"", "when = \"injection.scor >= 0.8\""))
         .unwrap();
-    hup(child.id());
+    hup(child.0.id());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(policy_header().await, "default@1.1.0", "a bad file leaves the running policy in force");
 
     std::fs::write(&policy, original.replace("version = \"1.1.0\"", "version = \"1.2.0\"")).unwrap();
-    hup(child.id());
-    assert!(wait_for("default@1.2.0").await, "the new version is in force without a restart");
+    hup(child.0.id());
+    let mut registered = false;
+    for _ in 0..100 {
+        let list = stdout(&keel(&["policy", "list", "--store", &store], home.path()));
+        if list.lines().any(|l| l.starts_with("default@1.2.0") && l.contains("draft") && l.contains("system")) {
+            registered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(registered, "the new version of the file is stored as a draft");
+    assert_eq!(policy_header().await, "default@1.1.0", "a draft is not in force");
 
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(child.wait().unwrap().success());
+    // Promotion puts it in force on the running gateway, without a restart.
+    let created =
+        stdout(&keel(&["token", "create", "--name", "root", "--role", "admin", "--store", &store], home.path()));
+    let token = created.lines().find(|l| l.starts_with("keelt_")).unwrap().to_owned();
+    let with_token = |args: &[&str]| {
+        let out = Command::new(KEEL)
+            .args(args)
+            .args(["--store", &store, "--token", &token])
+            .env("KEEL_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+    with_token(&["policy", "approve", "default@1.2.0"]);
+    with_token(&["policy", "promote", "default@1.2.0", "--to", "active", "--skip-gate", "reviewed by hand"]);
+    assert!(wait_for("default@1.2.0").await, "the promoted version is in force without a restart");
+
+    Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    let mut child = child;
+    assert!(child.0.wait().unwrap().success());
     let export = keel(&["audit", "export", "--store", &store], home.path());
     let actions: Vec<String> = stdout(&export)
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].as_str().unwrap().to_string())
         .collect();
     assert!(actions.contains(&"policy.reload_refused".to_string()), "{actions:?}");
-    assert_eq!(actions.iter().filter(|a| *a == "policy.loaded").count(), 2, "{actions:?}");
+    let count = |action: &str| actions.iter().filter(|a| *a == action).count();
+    assert_eq!(
+        (count("policy.seeded"), count("policy.added"), count("policy.gate_overridden")),
+        (1, 1, 1),
+        "{actions:?}"
+    );
 }

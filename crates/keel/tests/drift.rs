@@ -88,6 +88,7 @@ fn log(seed: u64) -> Vec<Interaction> {
                     elapsed_us: 3,
                     mode: Default::default(),
                 }],
+                shadow: Vec::new(),
             });
         }
     }

@@ -7,7 +7,9 @@
 // Test support: failing loudly is the point, and not every backend uses every helper.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod access;
 mod drift;
+mod lifecycle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keel_core::{
     Action, CheckResult, Decision, Evidence, Finding, Interaction, InteractionId, Outcome, Phase, PolicyRef, Privacy,
-    Span, Timings, Tokens, GENESIS_HASH,
+    ShadowDecision, Span, Timings, Tokens, GENESIS_HASH,
 };
 use keel_store::{
     export_jsonl, stored_text, AuditEntry, HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, Store,
@@ -23,6 +25,9 @@ use keel_store::{
 };
 use time::macros::datetime;
 use time::OffsetDateTime;
+
+pub use access::*;
+pub use lifecycle::*;
 
 /// One fresh database for one test, reachable through the store and through raw SQL.
 #[async_trait]
@@ -70,6 +75,16 @@ macro_rules! store_test_suite {
             alert_transitions_follow_the_state_machine_and_are_audited,
             monitor_lease_has_one_holder_until_it_expires,
             alert_deliveries_are_recorded_and_rescheduled,
+            tokens_are_created_listed_and_revoked_with_audit_records,
+            token_changes_are_refused_clearly,
+            a_stored_token_verifies_and_records_its_use,
+            a_version_moves_from_draft_to_active_and_back_by_rollback,
+            illegal_changes_are_refused_and_change_nothing,
+            the_gate_is_per_exact_version_and_an_override_is_audited,
+            seeding_activates_once_then_registers_drafts,
+            concurrent_promotions_keep_one_active_version,
+            rollback_restores_the_previous_active_and_withdraws_the_canary,
+            shadow_decisions_are_stored_with_the_interaction_and_reported,
         );
         $crate::store_test_suite!(@harness $make;
             audit_chain_continues_after_reopening,
@@ -81,6 +96,8 @@ macro_rules! store_test_suite {
             unreadable_record_breaks_at_that_seq,
             verify_reads_long_chains_in_pages,
             a_batch_too_big_for_one_statement_is_written_whole_and_in_order,
+            the_store_never_holds_a_token,
+            stored_versions_are_immutable_and_never_deleted,
         );
     };
     (@store $make:expr; $($name:ident),* $(,)?) => {
@@ -165,6 +182,7 @@ pub fn interaction(app: &str, created_at: OffsetDateTime, decision: Action, hits
             reason: "test".to_owned(),
         }],
         checks,
+        shadow: vec![],
     }
 }
 
@@ -277,6 +295,20 @@ pub fn full_interaction() -> Interaction {
                 elapsed_us: 70,
                 mode: Default::default(),
                 detail: None,
+            },
+        ],
+        shadow: vec![
+            ShadowDecision {
+                policy: PolicyRef { name: "support-bot".to_owned(), version: "2025-06-02.1".to_owned() },
+                phase: Phase::Input,
+                action: Action::Block,
+                rule: Some("block-recall".to_owned()),
+            },
+            ShadowDecision {
+                policy: PolicyRef { name: "support-bot".to_owned(), version: "2025-06-02.1".to_owned() },
+                phase: Phase::Output,
+                action: Action::Allow,
+                rule: None,
             },
         ],
     }

@@ -846,6 +846,16 @@ mod tests {
     }
 
     #[test]
+    fn the_default_pack_hands_over_threats_of_legal_action_but_not_every_mention_of_a_lawyer() {
+        let p = Policy::parse("default.toml", DEFAULT_PACK).unwrap();
+        let action = |text: &str| p.judge(Phase::Input, &[TextPart { message: Some(0), text }], &CTX).decision.action;
+        assert_eq!(action("Fix this today or I will contact my lawyer."), Action::Escalate);
+        assert_eq!(action("この件は弁護士に相談します。"), Action::Escalate);
+        assert_eq!(action("Does the warranty cover blenders bought for a lawyer's office kitchen?"), Action::Allow);
+        assert_eq!(action("弁護士事務所で使うミキサーも保証の対象ですか?"), Action::Allow);
+    }
+
+    #[test]
     fn a_syntax_error_is_located() {
         let e = Policy::parse("p.toml", "name = \"t\"\nversion = \n").unwrap_err();
         assert_eq!(e.line, Some(2));

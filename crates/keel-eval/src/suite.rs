@@ -285,12 +285,21 @@ pub struct Pattern(pub String);
 
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        regex::RegexBuilder::new(&text).size_limit(1 << 20).build().map_err(|e| {
-            let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
-            D::Error::custom(format!("invalid regular expression `{text}`: {detail}"))
-        })?;
-        Ok(Pattern(text))
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Pattern;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a regular expression")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<Pattern, E> {
+                regex::RegexBuilder::new(text).size_limit(1 << 20).build().map_err(|e| {
+                    let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+                    E::custom(format!("invalid regular expression `{text}`: {detail}"))
+                })?;
+                Ok(Pattern(text.to_string()))
+            }
+        }
+        deserializer.deserialize_str(V)
     }
 }
 
@@ -889,7 +898,7 @@ cases:
             ("judge: { rubric: \" \" }", "suite.yaml:4: cases[0].expect.judge.rubric: must not be empty"),
             ("judge: { rubric: Polite, grade: 3 }", "suite.yaml:7: cases[0].expect.judge: unknown field `grade`, expected `rubric` or `reference`"),
             ("judge: Polite", "suite.yaml:7: cases[0].expect.judge: invalid type: string \"Polite\", expected struct JudgeExpect"),
-            ("max_latency_ms: -5", "suite.yaml:7: cases[0].expect.max_latency_ms: invalid value: integer `-5`, expected u64"),
+            ("max_latency_ms: -5", "suite.yaml:7: cases[0].expect.max_latency_ms: invalid type: integer `-5`, expected u64"),
             ("max_latency_ms: fast", "suite.yaml:7: cases[0].expect.max_latency_ms: invalid type: string \"fast\", expected u64"),
         ];
         let got: Vec<(&str, String)> = cases.iter().map(|(expect, _)| (*expect, yaml_expect(expect))).collect();

@@ -1,12 +1,14 @@
-//! The in-process gateway target's store: a real store with a tap on its writes, so the
-//! target learns each interaction's per-phase decisions and checks the moment the gateway's
-//! writer stores it.
+//! The in-process gateway target's store: it captures each interaction's per-phase decisions
+//! and checks as the gateway's writer hands it over, for the case waiting for them, and
+//! stores nothing.
 //!
-//! Reading them back instead (flush the writer, then `get_interaction`) cost one transaction
-//! and one query per case, serialised on the in-memory database's single connection, and it
-//! capped the gateway target at about 1,200 cases per second. The tap lets the writer batch
-//! as it does in production, and waits for the one interaction it needs, which also covers
-//! interactions the gateway stores late (after its asynchronous checks run).
+//! The run record is the evaluation's record; the gateway's own copy of each interaction was
+//! only ever read back for its decisions. Reading it back (flush the writer, then
+//! `get_interaction`) cost a transaction and a query per case on the in-memory database's
+//! single connection, and capped the gateway target at about 2,200 cases per second; even
+//! batched writes made every case wait for a commit. Waiting for the one interaction a case
+//! needs also covers interactions the gateway hands over late (after its asynchronous checks).
+//! Everything but writes goes to an empty in-memory store, so the gateway's other reads work.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,7 +28,7 @@ use tokio::sync::oneshot;
 
 use crate::target::PhaseDecision;
 
-/// What the gateway stored about one interaction, as a run records it.
+/// What the gateway recorded about one interaction, as a run keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Recorded {
     /// Each phase's decision and rule.
@@ -51,12 +53,12 @@ impl Recorded {
 enum Slot {
     /// A case waits for this interaction.
     Waiting(oneshot::Sender<Recorded>),
-    /// Stored before its case asked.
+    /// Handed over before its case asked.
     Stored(Recorded),
 }
 
-/// A store that passes everything to `inner` and hands each stored interaction's record to
-/// the case waiting for it.
+/// A store that hands each written interaction's record to the case waiting for it, drops
+/// the write, and passes every other call to `inner`.
 pub(crate) struct Tap {
     inner: Arc<dyn Store>,
     slots: Mutex<HashMap<InteractionId, Slot>>,
@@ -73,8 +75,8 @@ impl Tap {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// What was stored for `id`, waiting up to `within` for the writer; `None` when it was
-    /// not stored in time (the database refused it, or it is still being judged).
+    /// What the gateway recorded for `id`, waiting up to `within` for its writer; `None` when
+    /// it was not handed over in time (its asynchronous checks are still running).
     pub async fn recorded(&self, id: InteractionId, within: Duration) -> Option<Recorded> {
         let waiting = {
             let mut slots = self.slots();
@@ -110,15 +112,13 @@ impl Tap {
 
 #[async_trait]
 impl Store for Tap {
+    /// Captures the interactions; their audit records, handoffs and explicit audit entries
+    /// are not kept (no audit record is appended, so none is returned).
     async fn write_batch(&self, batch: WriteBatch) -> Result<Vec<AuditRecord>> {
-        let recorded: Vec<(InteractionId, Recorded)> =
-            batch.interactions.iter().map(|i| (i.id, Recorded::of(i))).collect();
-        let appended = self.inner.write_batch(batch).await?;
-        // Handed over only once stored, as a read-back would have seen it.
-        for (id, record) in recorded {
-            self.stored(id, record);
+        for interaction in &batch.interactions {
+            self.stored(interaction.id, Recorded::of(interaction));
         }
-        Ok(appended)
+        Ok(Vec::new())
     }
 }
 
@@ -256,5 +256,49 @@ impl LifecycleStore for Tap {
     }
     async fn shadow_report(&self, policy: &PolicyRef, examples: u32) -> Result<ShadowReport> {
         self.inner.shadow_report(policy, examples).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_core::{Action, Phase};
+
+    use super::*;
+
+    fn recorded(rule: &str) -> Recorded {
+        Recorded {
+            decisions: vec![PhaseDecision { phase: Phase::Input, action: Action::Block, rule: Some(rule.into()) }],
+            checks_hit: vec!["injection".into()],
+        }
+    }
+
+    async fn tap() -> Arc<Tap> {
+        Tap::new(keel_store::resolve("sqlite::memory:").await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_record_reaches_its_case_whether_it_comes_before_or_after_the_case_asks() {
+        let tap = tap().await;
+        let (early, late) = (InteractionId::new(), InteractionId::new());
+        tap.stored(early, recorded("early"));
+        assert_eq!(tap.recorded(early, Duration::from_secs(5)).await, Some(recorded("early")));
+        let waiting = {
+            let tap = tap.clone();
+            tokio::spawn(async move { tap.recorded(late, Duration::from_secs(5)).await })
+        };
+        while tap.slots().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        tap.stored(late, recorded("late"));
+        assert_eq!(waiting.await.unwrap(), Some(recorded("late")));
+        assert!(tap.slots().is_empty(), "handed-over records are not kept");
+    }
+
+    #[tokio::test]
+    async fn a_case_that_gives_up_leaves_nothing_behind() {
+        let tap = tap().await;
+        let id = InteractionId::new();
+        assert_eq!(tap.recorded(id, Duration::from_millis(10)).await, None);
+        assert!(tap.slots().is_empty());
     }
 }

@@ -5,7 +5,7 @@
 //! The run record is the evaluation's record; the gateway's own copy of each interaction was
 //! only ever read back for its decisions. Reading it back (flush the writer, then
 //! `get_interaction`) cost a transaction and a query per case on the in-memory database's
-//! single connection, and capped the gateway target at about 2,200 cases per second; even
+//! single connection, and capped the gateway target at about 2,000 cases per second; even
 //! batched writes made every case wait for a commit. Waiting for the one interaction a case
 //! needs also covers interactions the gateway hands over late (after its asynchronous checks).
 //! Everything but writes goes to an empty in-memory store, so the gateway's other reads work.

@@ -20,6 +20,7 @@ pub mod score;
 pub mod stats;
 pub mod suite;
 pub mod suites;
+mod tap;
 pub mod target;
 
 pub use cache::Cache;

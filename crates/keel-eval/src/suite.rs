@@ -7,7 +7,7 @@
 //! A suite's content hash is the SHA-256 of its canonical form (the validated suite as compact
 //! JSON, defaults applied), so comments, key order and the file format do not change it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 
@@ -172,48 +172,109 @@ pub enum DecisionExpect {
     },
 }
 
+// The custom deserializers below check their value inside their visitor, not after a
+// buffered (untagged) read: an error raised while the value itself is being read carries that
+// value's path and line (`cases[1].expect.decision`), one raised afterwards only its parent's.
+
+/// One action or a list of them, as written in `decision` (and its `before` / `after`).
+struct ActionList(Vec<Action>);
+
+const ACTIONS_EXPECTED: &str = "an action (allow, flag, redact, escalate, block) or a list of them";
+
+fn action_of<E: serde::de::Error>(name: &str) -> std::result::Result<Action, E> {
+    name.parse::<Action>().map_err(E::custom)
+}
+
+/// One action in a list, so a wrong name is reported at its index (`decision[1]`).
+struct ActionName(Action);
+
+impl<'de> Deserialize<'de> for ActionName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ActionName;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an action (allow, flag, redact, escalate, block)")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<ActionName, E> {
+                action_of(s).map(ActionName)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+fn action_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> std::result::Result<Vec<Action>, A::Error> {
+    let mut out = Vec::new();
+    while let Some(ActionName(action)) = seq.next_element()? {
+        out.push(action);
+    }
+    if out.is_empty() {
+        return Err(A::Error::custom("list at least one action"));
+    }
+    Ok(out)
+}
+
+impl<'de> Deserialize<'de> for ActionList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ActionList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(ACTIONS_EXPECTED)
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<ActionList, E> {
+                Ok(ActionList(vec![action_of(s)?]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> std::result::Result<ActionList, A::Error> {
+                action_seq(seq).map(ActionList)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for DecisionExpect {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            One(String),
-            Many(Vec<String>),
-            Shift(BTreeMap<String, OneOrMany>),
-        }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        fn actions<E: serde::de::Error>(names: Vec<String>) -> std::result::Result<Vec<Action>, E> {
-            if names.is_empty() {
-                return Err(E::custom("list at least one action"));
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = DecisionExpect;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{ACTIONS_EXPECTED}, or {{ before: …, after: … }}")
             }
-            names.iter().map(|n| n.parse::<Action>().map_err(E::custom)).collect()
-        }
-        let list = |v: OneOrMany| match v {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        };
-        match Raw::deserialize(deserializer).map_err(|_| {
-            D::Error::custom(
-                "expected an action (allow, flag, redact, escalate, block), a list of them, or { before: …, after: … }",
-            )
-        })? {
-            Raw::One(s) => Ok(DecisionExpect::AnyOf(actions(vec![s])?)),
-            Raw::Many(v) => Ok(DecisionExpect::AnyOf(actions(v)?)),
-            Raw::Shift(mut map) => {
-                let (Some(before), Some(after)) = (map.remove("before"), map.remove("after")) else {
-                    return Err(D::Error::custom("a per-version decision needs both `before` and `after`"));
-                };
-                if let Some(key) = map.keys().next() {
-                    return Err(D::Error::custom(format!("unknown key `{key}` (expected `before` and `after`)")));
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<DecisionExpect, E> {
+                Ok(DecisionExpect::AnyOf(vec![action_of(s)?]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> std::result::Result<DecisionExpect, A::Error> {
+                action_seq(seq).map(DecisionExpect::AnyOf)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<DecisionExpect, A::Error> {
+                let (mut before, mut after) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    let slot = match key.as_str() {
+                        "before" => &mut before,
+                        "after" => &mut after,
+                        _ => {
+                            return Err(A::Error::custom(format!(
+                                "unknown key `{key}` (expected `before` and `after`)"
+                            )))
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(A::Error::custom(format!("duplicate key `{key}`")));
+                    }
+                    *slot = Some(map.next_value::<ActionList>()?.0);
                 }
-                Ok(DecisionExpect::Shift { before: actions(list(before))?, after: actions(list(after))? })
+                match (before, after) {
+                    (Some(before), Some(after)) => Ok(DecisionExpect::Shift { before, after }),
+                    _ => Err(A::Error::custom("a per-version decision needs both `before` and `after`")),
+                }
             }
         }
+        deserializer.deserialize_any(V)
     }
 }
 
@@ -224,12 +285,21 @@ pub struct Pattern(pub String);
 
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        regex::RegexBuilder::new(&text).size_limit(1 << 20).build().map_err(|e| {
-            let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
-            D::Error::custom(format!("invalid regular expression `{text}`: {detail}"))
-        })?;
-        Ok(Pattern(text))
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Pattern;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a regular expression")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<Pattern, E> {
+                regex::RegexBuilder::new(text).size_limit(1 << 20).build().map_err(|e| {
+                    let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+                    E::custom(format!("invalid regular expression `{text}`: {detail}"))
+                })?;
+                Ok(Pattern(text.to_string()))
+            }
+        }
+        deserializer.deserialize_str(V)
     }
 }
 
@@ -245,27 +315,98 @@ pub struct SimilarTo {
 /// The similarity threshold when a suite gives only the reference text.
 pub const DEFAULT_SIMILARITY: f64 = 0.75;
 
+fn reference_text<E: serde::de::Error>(text: &str) -> std::result::Result<String, E> {
+    if text.trim().is_empty() {
+        return Err(E::custom("the reference text must not be empty"));
+    }
+    Ok(text.to_string())
+}
+
+/// `similar_to.text`: a non-empty reference answer.
+struct ReferenceText(String);
+
+impl<'de> Deserialize<'de> for ReferenceText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ReferenceText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-empty reference text")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<ReferenceText, E> {
+                reference_text(s).map(ReferenceText)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// `similar_to.threshold`: a number in `[0, 1]`.
+struct Threshold(f64);
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Threshold;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number between 0 and 1")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Threshold, E> {
+                if (0.0..=1.0).contains(&v) {
+                    Ok(Threshold(v))
+                } else {
+                    Err(E::custom(format!("threshold {v} must be between 0 and 1")))
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Threshold, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Threshold, E> {
+                self.visit_f64(v as f64)
+            }
+            // `threshold:` with no value is a slip, not a request for the default.
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Threshold, E> {
+                Err(E::custom("no value (give a number between 0 and 1, or leave the key out for 0.75)"))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Threshold, E> {
+                self.visit_unit()
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for SimilarTo {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Full { text: String, threshold: Option<f64> },
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SimilarTo;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a reference text or { text: …, threshold: 0.75 }")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<SimilarTo, E> {
+                Ok(SimilarTo { text: reference_text(s)?, threshold: DEFAULT_SIMILARITY })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<SimilarTo, A::Error> {
+                let (mut text, mut threshold) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "text" if text.is_none() => text = Some(map.next_value::<ReferenceText>()?.0),
+                        "threshold" if threshold.is_none() => threshold = Some(map.next_value::<Threshold>()?.0),
+                        "text" | "threshold" => return Err(A::Error::custom(format!("duplicate key `{key}`"))),
+                        _ => {
+                            return Err(A::Error::custom(format!(
+                                "unknown key `{key}` (expected `text` and `threshold`)"
+                            )))
+                        }
+                    }
+                }
+                let text = text.ok_or_else(|| A::Error::custom("missing the reference `text`"))?;
+                Ok(SimilarTo { text, threshold: threshold.unwrap_or(DEFAULT_SIMILARITY) })
+            }
         }
-        let (text, threshold) = match Raw::deserialize(deserializer)
-            .map_err(|_| D::Error::custom("expected a reference text or { text: …, threshold: 0.75 }"))?
-        {
-            Raw::Text(text) => (text, DEFAULT_SIMILARITY),
-            Raw::Full { text, threshold } => (text, threshold.unwrap_or(DEFAULT_SIMILARITY)),
-        };
-        if text.trim().is_empty() {
-            return Err(D::Error::custom("the reference text must not be empty"));
-        }
-        if !(0.0..=1.0).contains(&threshold) {
-            return Err(D::Error::custom(format!("threshold {threshold} must be between 0 and 1")));
-        }
-        Ok(SimilarTo { text, threshold })
+        deserializer.deserialize_any(V)
     }
 }
 
@@ -699,7 +840,7 @@ cases:
         let unknown = GOOD.replace("      contains: two years", "      containz: two years");
         insta::assert_snapshot!(err(&unknown), @"suite.yaml:10: cases[0].expect: unknown field `containz`, expected one of `decision`, `refuses`, `does_not_refuse`, `contains`, `not_contains`, `regex`, `similar_to`, `judge`, `max_latency_ms`");
         let action = GOOD.replace("[block, escalate]", "explode");
-        insta::assert_snapshot!(err(&action), @"suite.yaml:20: cases[1].expect: unknown action `explode` (expected allow, flag, redact, escalate or block)");
+        insta::assert_snapshot!(err(&action), @"suite.yaml:20: cases[1].expect.decision: unknown action `explode` (expected allow, flag, redact, escalate or block)");
         let duplicate = GOOD.replace("id: multi", "id: warranty");
         insta::assert_snapshot!(err(&duplicate), @"suite.yaml:12: cases[1].id: duplicate case id `warranty`");
         let ends_with_assistant =
@@ -707,7 +848,7 @@ cases:
         insta::assert_snapshot!(err(&ends_with_assistant), @"suite.yaml:12: cases[1].messages[2].role: the conversation must end with a user or tool message (the target answers it)");
         let threshold =
             GOOD.replace("      contains: two years", "      similar_to: { text: Two years, threshold: 1.5 }");
-        insta::assert_snapshot!(err(&threshold), @"suite.yaml:10: cases[0].expect: threshold 1.5 must be between 0 and 1");
+        insta::assert_snapshot!(err(&threshold), @"suite.yaml:10: cases[0].expect.similar_to.threshold: threshold 1.5 must be between 0 and 1");
         let missing = GOOD.replace("version: \"1.0\"\n", "");
         insta::assert_snapshot!(err(&missing), @"suite.yaml:2: missing field `version`");
         let nothing = "name: x\nversion: '1'\ncases:\n  - id: a\n    prompt: hi\n    expect: {}\n";
@@ -715,6 +856,88 @@ cases:
         let jsonl =
             "{\"name\":\"x\",\"version\":\"1\"}\n{\"id\":\"a\",\"prompt\":\"hi\",\"expect\":{\"refuses\":\"yes\"}}\n";
         insta::assert_snapshot!(Suite::parse("s.jsonl", jsonl).unwrap_err().to_string(), @"s.jsonl:2: cases[0].expect.refuses: invalid type: string \"yes\", expected a boolean");
+    }
+
+    /// The error for a one-case suite whose `expect` is `expect` (YAML: one line, line 7).
+    fn yaml_expect(expect: &str) -> String {
+        err(&format!("name: x\nversion: '1'\ncases:\n  - id: a\n    prompt: hi\n    expect:\n      {expect}\n"))
+    }
+
+    /// The error for the same suite in JSON lines (the case on line 2).
+    fn jsonl_expect(expect: &str) -> String {
+        let text = format!(
+            "{{\"name\":\"x\",\"version\":\"1\"}}\n{{\"id\":\"a\",\"prompt\":\"hi\",\"expect\":{{{expect}}}}}\n"
+        );
+        Suite::parse("s.jsonl", &text).err().map(|e| e.to_string()).unwrap_or_else(|| "no error".into())
+    }
+
+    #[test]
+    fn every_expectation_kind_names_file_line_and_field() {
+        let cases: &[(&str, &str)] = &[
+            ("decision: explode", "suite.yaml:7: cases[0].expect.decision: unknown action `explode` (expected allow, flag, redact, escalate or block)"),
+            ("decision: [allow, explode]", "suite.yaml:7: cases[0].expect.decision[1]: unknown action `explode` (expected allow, flag, redact, escalate or block)"),
+            ("decision: []", "suite.yaml:7: cases[0].expect.decision: list at least one action"),
+            ("decision: 3", "suite.yaml:7: cases[0].expect.decision: invalid type: integer `3`, expected an action (allow, flag, redact, escalate, block) or a list of them, or { before: …, after: … }"),
+            ("decision: { before: allow }", "suite.yaml:7: cases[0].expect.decision: a per-version decision needs both `before` and `after`"),
+            ("decision: { before: allow, after: nope }", "suite.yaml:7: cases[0].expect.decision.after: unknown action `nope` (expected allow, flag, redact, escalate or block)"),
+            ("decision: { before: allow, later: block }", "suite.yaml:7: cases[0].expect.decision: unknown key `later` (expected `before` and `after`)"),
+            ("refuses: \"yes\"", "suite.yaml:7: cases[0].expect.refuses: invalid type: string \"yes\", expected a boolean"),
+            ("does_not_refuse: 1", "suite.yaml:7: cases[0].expect.does_not_refuse: invalid type: integer `1`, expected a boolean"),
+            ("contains: { a: b }", "suite.yaml:7: cases[0].expect.contains: invalid type: map, expected a string or a list of strings"),
+            ("not_contains: [x, [y]]", "suite.yaml:7: cases[0].expect.not_contains[1]: invalid type: sequence, expected a string"),
+            ("regex: \"(two\"", "suite.yaml:7: cases[0].expect.regex: invalid regular expression `(two`: error: unclosed group"),
+            ("regex: [ok, \"[z-a]\"]", "suite.yaml:7: cases[0].expect.regex[1]: invalid regular expression `[z-a]`: error: invalid character class range, the start must be <= the end"),
+            ("similar_to: { text: Two years, threshold: }", "suite.yaml:7: cases[0].expect.similar_to.threshold: no value (give a number between 0 and 1, or leave the key out for 0.75)"),
+            ("similar_to: { text: Two years, threshold: 1.5 }", "suite.yaml:7: cases[0].expect.similar_to.threshold: threshold 1.5 must be between 0 and 1"),
+            ("similar_to: { text: Two years, threshold: -0.1 }", "suite.yaml:7: cases[0].expect.similar_to.threshold: threshold -0.1 must be between 0 and 1"),
+            ("similar_to: { text: Two years, threshold: high }", "suite.yaml:7: cases[0].expect.similar_to.threshold: invalid type: string \"high\", expected a number between 0 and 1"),
+            ("similar_to: { text: \"  \", threshold: 0.8 }", "suite.yaml:7: cases[0].expect.similar_to.text: the reference text must not be empty"),
+            ("similar_to: \"\"", "suite.yaml:7: cases[0].expect.similar_to: the reference text must not be empty"),
+            ("similar_to: { threshold: 0.8 }", "suite.yaml:7: cases[0].expect.similar_to: missing the reference `text`"),
+            ("similar_to: { text: Two years, treshold: 0.8 }", "suite.yaml:7: cases[0].expect.similar_to: unknown key `treshold` (expected `text` and `threshold`)"),
+            ("judge: { rubric: \" \" }", "suite.yaml:4: cases[0].expect.judge.rubric: must not be empty"),
+            ("judge: { rubric: Polite, grade: 3 }", "suite.yaml:7: cases[0].expect.judge: unknown field `grade`, expected `rubric` or `reference`"),
+            ("judge: Polite", "suite.yaml:7: cases[0].expect.judge: invalid type: string \"Polite\", expected struct JudgeExpect"),
+            ("max_latency_ms: -5", "suite.yaml:7: cases[0].expect.max_latency_ms: invalid type: integer `-5`, expected u64"),
+            ("max_latency_ms: fast", "suite.yaml:7: cases[0].expect.max_latency_ms: invalid type: string \"fast\", expected u64"),
+        ];
+        let got: Vec<(&str, String)> = cases.iter().map(|(expect, _)| (*expect, yaml_expect(expect))).collect();
+        let want: Vec<(&str, String)> = cases.iter().map(|(expect, e)| (*expect, e.to_string())).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn jsonl_expectation_errors_name_line_and_field_too() {
+        let cases: &[(&str, &str)] = &[
+            ("\"decision\":\"explode\"", "s.jsonl:2: cases[0].expect.decision: unknown action `explode` (expected allow, flag, redact, escalate or block)"),
+            ("\"decision\":[\"allow\",\"explode\"]", "s.jsonl:2: cases[0].expect.decision[1]: unknown action `explode` (expected allow, flag, redact, escalate or block)"),
+            ("\"decision\":{\"before\":\"allow\",\"after\":\"nope\"}", "s.jsonl:2: cases[0].expect.decision.after: unknown action `nope` (expected allow, flag, redact, escalate or block)"),
+            ("\"similar_to\":{\"text\":\"Two years\",\"threshold\":null}", "s.jsonl:2: cases[0].expect.similar_to.threshold: no value (give a number between 0 and 1, or leave the key out for 0.75)"),
+            ("\"similar_to\":{\"text\":\"Two years\",\"threshold\":2}", "s.jsonl:2: cases[0].expect.similar_to.threshold: threshold 2 must be between 0 and 1"),
+            ("\"similar_to\":{\"text\":\"\"}", "s.jsonl:2: cases[0].expect.similar_to.text: the reference text must not be empty"),
+            ("\"similar_to\":{\"threshold\":0.5}", "s.jsonl:2: cases[0].expect.similar_to: missing the reference `text`"),
+            ("\"regex\":\"(two\"", "s.jsonl:2: cases[0].expect.regex: invalid regular expression `(two`: error: unclosed group"),
+            ("\"max_latency_ms\":\"fast\"", "s.jsonl:2: cases[0].expect.max_latency_ms: invalid type: string \"fast\", expected u64"),
+        ];
+        let got: Vec<(&str, String)> = cases.iter().map(|(expect, _)| (*expect, jsonl_expect(expect))).collect();
+        let want: Vec<(&str, String)> = cases.iter().map(|(expect, e)| (*expect, e.to_string())).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_similarity_without_a_threshold_takes_the_default() {
+        let suite = Suite::parse(
+            "s.yaml",
+            "name: x\nversion: '1'\ncases:\n  - id: a\n    prompt: hi\n    expect: { similar_to: { text: Two years } }\n  - id: b\n    prompt: hi\n    expect: { similar_to: Two years, decision: { before: allow, after: [flag, block] } }\npolicies: { before: p@1, after: p@2 }\n",
+        )
+        .unwrap();
+        let expected = SimilarTo { text: "Two years".into(), threshold: DEFAULT_SIMILARITY };
+        assert_eq!(suite.cases[0].expect.similar_to.as_ref(), Some(&expected));
+        assert_eq!(suite.cases[1].expect.similar_to.as_ref(), Some(&expected));
+        assert_eq!(
+            suite.cases[1].expect.decision,
+            Some(DecisionExpect::Shift { before: vec![Action::Allow], after: vec![Action::Flag, Action::Block] })
+        );
     }
 
     proptest::proptest! {

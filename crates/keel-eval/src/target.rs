@@ -4,7 +4,8 @@
 //!   local model served on loopback by the binary).
 //! * [`GatewayTarget`]: the same model behind Keel's gateway with a given policy version,
 //!   in-process: requests go through the gateway's router with `oneshot` (no listening
-//!   socket), its interactions into a private in-memory store.
+//!   socket); each interaction's decisions and checks are captured as the gateway hands it to
+//!   its writer (see `tap`), not stored.
 //! * [`PolicyTarget`]: a policy version alone, judging each case's recorded `response`.
 //!
 //! [`RecordedUpstream`] serves recorded responses as an OpenAI-compatible model on loopback,
@@ -31,6 +32,7 @@ use tower::ServiceExt;
 
 use crate::error::{EvalError, Result};
 use crate::suite::{Case, Role, Suite};
+use crate::tap::{Recorded, Tap};
 
 /// Sampling parameters sent to models: deterministic by default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,7 +270,7 @@ impl Target for ModelTarget {
 /// The gateway with a policy version in front of a model, run in-process.
 pub struct GatewayTarget {
     router: Router,
-    state: AppState,
+    tap: Arc<Tap>,
     upstream: String,
     model: String,
     params: Params,
@@ -279,9 +281,13 @@ pub struct GatewayTarget {
 /// The body field that tells a [`RecordedUpstream`] which case a request is for.
 pub const CASE_FIELD: &str = "keel_eval_case";
 
+/// Longest wait for the gateway to hand over a served interaction. It is immediate unless the
+/// policy has asynchronous (model-based) checks, which run first.
+const STORED_WITHIN: Duration = Duration::from_secs(30);
+
 impl GatewayTarget {
     /// A gateway judging with `policy` in front of `model` at `base_url`; `upstream` is how the
-    /// user named it (a URL, `local` or `recorded`). Its interactions go to an in-memory store.
+    /// user named it (a URL, `local` or `recorded`). Its interactions are captured, not stored.
     pub async fn new(
         policy: Arc<Policy>,
         base_url: &str,
@@ -290,11 +296,12 @@ impl GatewayTarget {
         model: &str,
         params: Params,
     ) -> Result<Self> {
-        let store = keel_store::resolve("sqlite::memory:").await?;
-        let (writer, _task) = Writer::spawn(
-            store.clone(),
-            WriterConfig { max_batch: 512, max_delay: Duration::from_millis(1), capacity: 8192 },
-        );
+        let tap = Tap::new(keel_store::resolve("sqlite::memory:").await?);
+        let store: Arc<dyn keel_store::Store> = tap.clone();
+        // One item per write: the tap stores nothing, so batching would only make each case
+        // wait for the batch window (a timer tick, about a millisecond) before its record.
+        let (writer, _task) =
+            Writer::spawn(store.clone(), WriterConfig { max_batch: 1, max_delay: Duration::ZERO, capacity: 8192 });
         let upstreams = Upstreams::new(vec![UpstreamConfig {
             name: "eval".into(),
             base_url: base_url.to_string(),
@@ -314,8 +321,8 @@ impl GatewayTarget {
         let info = PolicyInfo::of(&policy);
         let state = AppState::new(settings, policy, upstreams, store, writer);
         Ok(GatewayTarget {
-            router: keel_gateway::router(state.clone()),
-            state,
+            router: keel_gateway::router(state),
+            tap,
             upstream: upstream.to_string(),
             model: model.to_string(),
             params,
@@ -369,6 +376,12 @@ impl Target for GatewayTarget {
             .await
             .map_err(|e| TargetError::Transient(format!("reading the gateway's answer failed: {e}")))?
             .to_bytes();
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Waited for on errors too, so no record is left behind in the tap.
+        let recorded = match interaction.and_then(|id| id.parse().ok()) {
+            Some(id) => self.tap.recorded(id, STORED_WITHIN).await.unwrap_or_default(),
+            None => Recorded::default(),
+        };
         let text = String::from_utf8_lossy(&bytes);
         if !(200..300).contains(&status) {
             return Err(classify_status(status, &text));
@@ -376,24 +389,7 @@ impl Target for GatewayTarget {
         let body: Value =
             serde_json::from_str(&text).map_err(|e| TargetError::Failed(format!("the answer is not JSON: {e}")))?;
         let output = answer_text(&body)?;
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (decisions, checks_hit) = match interaction.and_then(|id| id.parse().ok()) {
-            Some(id) => {
-                let _ = self.state.writer().flush().await;
-                match self.state.store().get_interaction(id).await {
-                    Ok(Some(i)) => (
-                        i.decisions
-                            .iter()
-                            .map(|d| PhaseDecision { phase: d.phase, action: d.action, rule: d.rule.clone() })
-                            .collect(),
-                        keel_store::checks_hit(&i),
-                    ),
-                    _ => (Vec::new(), Vec::new()),
-                }
-            }
-            None => (Vec::new(), Vec::new()),
-        };
-        Ok(Response { output, decision, decisions, checks_hit, latency_ms })
+        Ok(Response { output, decision, decisions: recorded.decisions, checks_hit: recorded.checks_hit, latency_ms })
     }
 }
 

@@ -123,6 +123,72 @@ async fn an_interrupted_run_resumes_from_the_cache_and_errors_are_never_passes()
     assert_eq!(resumed.summary.all().unwrap().errors, 0);
 }
 
+const FIVE: &str = r#"
+name: five
+version: "1"
+category: qa
+cases:
+  - { id: c1, prompt: question one, expect: { contains: answer } }
+  - { id: c2, prompt: question two, expect: { contains: answer } }
+  - { id: c3, prompt: question three, expect: { contains: answer } }
+  - { id: c4, prompt: question four, expect: { contains: answer } }
+  - { id: c5, prompt: question five, expect: { contains: answer } }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cancelled_mid_way_resumes_without_redoing_finished_cases() {
+    let answers = || {
+        ["one", "two", "three", "four", "five"]
+            .into_iter()
+            .fold(Script::echo(), |s, n| s.on(&format!("question {n}"), Reply::Text(format!("answer {n}"))))
+    };
+    let upstream_options = || Options { models: vec!["m".into()], ..Options::default() };
+    // The first upstream never answers the fourth case, so the run is cut there.
+    let hanging = scripted(
+        Script::echo().on("question four", Reply::Hang).on("question", Reply::Text("answer".into())),
+        upstream_options(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache_file = dir.path().join("responses.jsonl");
+    let suite = Suite::parse("five.yaml", FIVE).unwrap();
+    let target = Arc::new(ModelTarget::new(&hanging.base_url(), "scripted", None, "m", Params::default()).unwrap());
+    let opts = RunOptions { concurrency: 1, ..options(Cache::open(&cache_file).unwrap()) };
+    let fourth_asked = async {
+        while hanging.served() < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    // Cancelled as Ctrl-C or a killed CI job would: the run's future is dropped mid-way, so
+    // there is no run record, only the cache file.
+    tokio::select! {
+        run = keel_eval::run(&suite, "five.yaml", target, scorers(), None, &opts) => {
+            panic!("the run finished although its fourth case hangs: {:?}", run.map(|r| r.summary))
+        }
+        () = fourth_asked => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => panic!("the fourth case was never asked"),
+    }
+    let finished = std::fs::read_to_string(&cache_file).unwrap().lines().count();
+    assert_eq!(finished, 3, "each finished case is in the cache file as soon as it is answered");
+
+    // Resumed against a fresh upstream of the same name: only the unfinished cases are asked.
+    let fresh = scripted(answers(), upstream_options()).await;
+    let target = Arc::new(ModelTarget::new(&fresh.base_url(), "scripted", None, "m", Params::default()).unwrap());
+    let resumed =
+        keel_eval::run(&suite, "five.yaml", target, scorers(), None, &options(Cache::open(&cache_file).unwrap()))
+            .await
+            .unwrap();
+    assert_eq!(fresh.served(), 2, "the three finished cases must not be redone");
+    let mut asked: Vec<String> =
+        fresh.received().iter().map(|b| b["messages"][0]["content"].as_str().unwrap().to_string()).collect();
+    asked.sort();
+    assert_eq!(asked, vec!["question five", "question four"]);
+    let cached: Vec<(&str, bool)> = resumed.results.iter().map(|r| (r.id.as_str(), r.cached)).collect();
+    assert_eq!(cached, vec![("c1", true), ("c2", true), ("c3", true), ("c4", false), ("c5", false)]);
+    assert_eq!(resumed.summary.all().unwrap().passed, 5);
+    assert_eq!(resumed.results[3].output.as_deref(), Some("answer four"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_errors_are_retried() {
     let upstream =
@@ -388,4 +454,77 @@ cases:
     .unwrap();
     assert_eq!(rerun.results[0].status, Status::Pass);
     assert_eq!(judge_server.served(), served + 2, "only the malformed (uncached) verdicts are asked again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn judge_agreement_with_human_labels_is_measured_on_labelled_cases() {
+    // (rubric word, judge verdict, human label): four agreements in six, both raters pass half.
+    let rows = [
+        ("alpha", "pass", "pass"),
+        ("bravo", "pass", "fail"),
+        ("charlie", "fail", "fail"),
+        ("delta", "fail", "fail"),
+        ("echo", "pass", "pass"),
+        ("foxtrot", "fail", "pass"),
+    ];
+    let mut suite_text = String::from("name: labelled\nversion: \"1\"\ncategory: qa\ncases:\n");
+    let mut script = Script::echo();
+    for (word, verdict, human) in rows {
+        suite_text.push_str(&format!(
+            "  - {{ id: {word}, prompt: Tell me about {word}, response: About {word}., human_label: {human}, expect: {{ judge: {{ rubric: Mentions {word} }} }} }}\n"
+        ));
+        script = script.on(
+            &format!("Mentions {word}"),
+            Reply::Text(format!("{{\"verdict\": \"{verdict}\", \"reason\": \"graded {word}\"}}")),
+        );
+    }
+    // An unlabelled case is graded but not paired.
+    suite_text.push_str("  - { id: golf, prompt: Tell me about golf, response: About golf., expect: { judge: { rubric: Mentions golf } } }\n");
+    script = script.on("Mentions golf", Reply::Text("{\"verdict\": \"fail\", \"reason\": \"no\"}".into()));
+    let judge_server = scripted(script, Options { models: vec!["judge".into()], ..Options::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let judge = Arc::new(
+        Judge::new(
+            &judge_server.base_url(),
+            "scripted",
+            None,
+            "judge",
+            Cache::open(&dir.path().join("judge.jsonl")).unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap(),
+    );
+    let info = judge.info();
+    let suite = Suite::parse("labelled.yaml", &suite_text).unwrap();
+    let target = Arc::new(PolicyTarget::new(Arc::new(Policy::parse("default.toml", DEFAULT_PACK).unwrap())));
+    let run = keel_eval::run(
+        &suite,
+        "labelled.yaml",
+        target,
+        Arc::new(Scorers::new(None, Some(judge), None)),
+        Some(info),
+        &RunOptions::default(),
+    )
+    .await
+    .unwrap();
+    let verdicts: Vec<(&str, Status)> = run.results.iter().map(|r| (r.id.as_str(), r.status)).collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            ("alpha", Status::Pass),
+            ("bravo", Status::Pass),
+            ("charlie", Status::Fail),
+            ("delta", Status::Fail),
+            ("echo", Status::Pass),
+            ("foxtrot", Status::Fail),
+            ("golf", Status::Fail),
+        ]
+    );
+    let agreement = run.summary.judge_agreement.unwrap();
+    assert_eq!(agreement.n, 6);
+    assert!((agreement.agreement - 4.0 / 6.0).abs() < 1e-12, "{agreement:?}");
+    // Observed 2/3, chance 1/2: kappa = (2/3 - 1/2) / (1 - 1/2) = 1/3.
+    assert!((agreement.kappa.unwrap() - 1.0 / 3.0).abs() < 1e-12, "{agreement:?}");
+    let text = keel_eval::report::render_text(&run);
+    assert!(text.contains("judge vs human labels: 6 labelled, agreement 66.7%, Cohen's kappa 0.333"), "{text}");
 }

@@ -293,7 +293,12 @@ impl GatewayTarget {
         let store = keel_store::resolve("sqlite::memory:").await?;
         let (writer, _task) = Writer::spawn(
             store.clone(),
-            WriterConfig { max_batch: 512, max_delay: Duration::from_millis(1), capacity: 8192 },
+            WriterConfig {
+                max_batch: 512,
+                max_delay: Duration::from_millis(1),
+                capacity: 8192,
+                ..WriterConfig::default()
+            },
         );
         let upstreams = Upstreams::new(vec![UpstreamConfig {
             name: "eval".into(),

@@ -315,6 +315,7 @@ impl GatewayTarget {
             privacy: HashMap::new(),
             default_privacy: keel_core::Privacy::Full,
             max_body_bytes: 16 << 20,
+            review_lock: keel_store::review::DEFAULT_LOCK,
         };
         let info = PolicyInfo::of(&policy);
         let state = AppState::new(settings, policy, upstreams, store, writer);

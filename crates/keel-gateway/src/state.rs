@@ -55,6 +55,8 @@ pub struct GatewaySettings {
     pub default_privacy: Privacy,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// How long a reviewer's lock on a review case lasts before it lapses.
+    pub review_lock: std::time::Duration,
 }
 
 impl GatewaySettings {

@@ -91,6 +91,7 @@ impl Api {
             privacy: Default::default(),
             default_privacy: Default::default(),
             max_body_bytes: 1 << 16,
+            review_lock: keel_store::review::DEFAULT_LOCK,
         };
         let state = AppState::new(settings, Arc::new(policy), Upstreams::new(vec![]).unwrap(), store.clone(), writer);
         let mut tokens = BTreeMap::new();
@@ -448,6 +449,7 @@ async fn the_api_is_open_without_keys_and_tokens_and_closes_with_the_first_token
         privacy: Default::default(),
         default_privacy: Default::default(),
         max_body_bytes: 1 << 16,
+        review_lock: keel_store::review::DEFAULT_LOCK,
     };
     let policy = Policy::parse("default.toml", DEFAULT_POLICY).unwrap();
     let state = AppState::new(settings, Arc::new(policy), Upstreams::new(vec![]).unwrap(), store.clone(), writer);

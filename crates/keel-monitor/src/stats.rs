@@ -550,16 +550,16 @@ mod tests {
     }
     #[test]
     fn kappa_matches_a_hand_computed_table() {
-        // 10 items, labels a/b/c. Rater 1: a×5, b×3, c×2; rater 2: a×4, b×4, c×2.
-        // Agreements: (a,a)×4, (b,b)×3, (c,c)×1 → p_o = 0.8. Disagreements: (a,b), (c,b).
-        // p_e = 0.5·0.4 + 0.3·0.4 + 0.2·0.2 = 0.36 → κ = (0.8 − 0.36) / 0.64 = 0.6875.
+        // 10 items, labels a/b/c. Agreements: (a,a)×4, (b,b)×3, (c,c)×1 → p_o = 0.8;
+        // disagreements (a,b) and (c,b). Rater 1: a×5, b×3, c×2; rater 2: a×4, b×5, c×1.
+        // p_e = 0.5·0.4 + 0.3·0.5 + 0.2·0.1 = 0.37 → κ = (0.8 − 0.37) / 0.63 = 43/63.
         let mut pairs = vec![("a", "a"); 4];
         pairs.extend(vec![("b", "b"); 3]);
         pairs.push(("c", "c"));
         pairs.push(("a", "b"));
         pairs.push(("c", "b"));
         let kappa = cohen_kappa(&pairs).unwrap();
-        assert!((kappa - 0.6875).abs() < 1e-12, "{kappa}");
+        assert!((kappa - 43.0 / 63.0).abs() < 1e-12, "{kappa}");
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub const PRIORITY_MEDIUM: i64 = 30;
 /// Priority of randomly sampled allowed traffic: worked last.
 pub const PRIORITY_LOW: i64 = 10;
 
+/// How long a reviewer holds a case taken from the queue unless configured otherwise.
+pub const DEFAULT_LOCK: Duration = Duration::from_secs(30 * 60);
+
 /// Why a case entered the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -20,6 +20,7 @@ mod monitoring;
 #[cfg(feature = "otel")]
 mod otel;
 mod policies;
+mod review_cli;
 mod serve;
 mod table;
 mod tokens;
@@ -124,6 +125,14 @@ enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// The human review queue: take, label, release, adjudicate, list, agreement (through a
+    /// running gateway's API).
+    Review {
+        #[command(subcommand)]
+        command: review_cli::ReviewCommand,
+        #[command(flatten)]
+        api: review_cli::ApiArgs,
     },
     /// Evaluation: run suites against targets, report, compare, gate, verify.
     Eval {
@@ -434,6 +443,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     println!("  {:<26} {}  ({}; {})", spec.name, spec.description, spec.requirement(), spec.licence);
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Review { command, api } => {
+            print!("{}", review_cli::run(command, &api).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { command } => Ok(eval::run(command).await),

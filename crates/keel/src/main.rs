@@ -20,6 +20,7 @@ mod monitoring;
 #[cfg(feature = "otel")]
 mod otel;
 mod policies;
+mod replay;
 mod review_cli;
 mod serve;
 mod table;

@@ -273,8 +273,9 @@ pub struct KeyFile {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppFile {
+    /// What is stored of the app's texts.
     #[serde(default)]
-    privacy: Privacy,
+    pub privacy: Privacy,
     #[serde(default)]
     policy: Option<String>,
 }

@@ -201,7 +201,8 @@ async fn labels_become_a_gated_approved_policy_that_changes_live_decisions() {
     assert!(!ok && stderr.contains("HTTP 403"), "{stderr}");
     let mut labelled = 0;
     for _ in 0..50 {
-        let next: Value = serde_json::from_str(&cli.ok(&["review", "next", "--url", url, "--json"], Some(&rita))).unwrap();
+        let next: Value =
+            serde_json::from_str(&cli.ok(&["review", "next", "--url", url, "--json"], Some(&rita))).unwrap();
         if next["case"].is_null() {
             break;
         }

@@ -582,6 +582,23 @@ mod tests {
     }
 
     #[test]
+    fn the_review_table_is_validated_and_reaches_the_intake() {
+        let base = "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x/v1\"\n";
+        let config = parse(base).unwrap();
+        assert_eq!(config.review.sample_rate, 0.01, "the documented default");
+        assert_eq!(config.gateway.review_lock, Duration::from_secs(30 * 60));
+        let text = format!("{base}[review]\nsample_rate = 0.25\nlock_minutes = 5\nsla_high_hours = 1\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.review.sample_rate, 0.25);
+        assert_eq!(config.monitor.review.sla.high, Duration::from_secs(3600), "drift cases use the same SLA");
+        assert_eq!(config.gateway.review_lock, Duration::from_secs(300));
+        let err = parse(&format!("{base}[review]\nsample_rate = 1.5\n")).unwrap_err().to_string();
+        assert!(err.starts_with("keel.toml:5:15: review.sample_rate: 1.5 is not a share between 0 and 1"), "{err}");
+        let err = parse(&format!("{base}[review]\nlock_minutes = 0\n")).unwrap_err().to_string();
+        assert!(err.contains("review.lock_minutes: must be between 1 and 1440"), "{err}");
+    }
+
+    #[test]
     fn without_keys_only_loopback_is_used() {
         let text = "listen = \"0.0.0.0:9000\"\n[[upstreams]]\nname = \"a\"\nbase_url = \"http://x/v1\"\n";
         let config = parse(text).unwrap();

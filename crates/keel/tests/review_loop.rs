@@ -220,6 +220,23 @@ async fn labels_become_a_gated_approved_policy_that_changes_live_decisions() {
     let listed = cli.ok(&["review", "list", "--url", url, "--status", "labelled"], Some(&vera));
     assert_eq!(listed.lines().count(), labelled, "{listed}");
 
+    // The labelled cases as datasets: an eval suite that `keel eval run` accepts.
+    let suite = cli.path("review-cases.jsonl");
+    let out = cli.on_store(&["export", "cases", "--out", &suite], None);
+    assert!(out.contains(&format!("{labelled} records written")), "{out}");
+    let run = cli.ok(&["eval", "run", &suite, "--target", "policy", "--policy", &base_file, "--json"], None);
+    let run: Value = serde_json::from_str(&run).unwrap();
+    assert_eq!(run["results"].as_array().unwrap().len(), 8);
+    let recall = &run["summary"]["categories"]["product_recall"];
+    assert_eq!(
+        (recall["trials"].as_u64(), recall["passed"].as_u64()),
+        (Some(4), Some(0)),
+        "the base misses the new norm"
+    );
+    assert_eq!(run["summary"]["categories"]["ok"]["passed"], 4);
+    let sft = cli.on_store(&["export", "sft"], None);
+    assert!(sft.is_empty(), "no wrong answers or over-refusals were labelled: {sft}");
+
     // Labels → a candidate → a stored draft.
     let candidate_file = cli.path("candidate.toml");
     let out = cli.on_store(
@@ -230,6 +247,9 @@ async fn labels_become_a_gated_approved_policy_that_changes_live_decisions() {
     let labels = std::fs::read_to_string(format!("{candidate_file}.labels.jsonl")).unwrap();
     assert_eq!(labels.lines().count(), labelled);
     cli.on_store(&["policy", "add", &candidate_file], Some(&alice));
+    let run = cli.ok(&["eval", "run", &suite, "--target", "policy", "--policy", &candidate_file, "--json"], None);
+    let run: Value = serde_json::from_str(&run).unwrap();
+    assert_eq!(run["summary"]["categories"]["all"]["passed"], 8, "the candidate meets every exported case");
 
     // Replay against the active version: recorded as the candidate's gate run.
     let gate = cli.path("gate.toml");

@@ -263,3 +263,76 @@ pub async fn labels_from_review(
     std::fs::write(path, lines).with_context(|| format!("{}: cannot write the labels", path.display()))?;
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use keel_core::{Action, Interaction, Outcome, PolicyRef, Privacy, Timings, Tokens};
+    use keel_store::{CaseIntake, CaseReason, NewLabel, WriteBatch};
+
+    use super::*;
+
+    const BASE: &str =
+        "name = \"s\"\nversion = \"1\"\n[messages]\nblock = { en = \"no\" }\nescalate = { en = \"human\" }\n";
+
+    fn stored(text: &str, privacy: Privacy) -> Interaction {
+        let body = serde_json::json!({"messages": [{"role": "user", "content": text}]}).to_string();
+        Interaction {
+            id: InteractionId::new(),
+            created_at: OffsetDateTime::now_utc(),
+            app: "support".into(),
+            model: "m".into(),
+            stream: false,
+            request: keel_store::stored_text(&body, None, privacy),
+            response: keel_store::stored_text("ok", None, privacy),
+            outcome: Outcome::Completed,
+            http_status: 200,
+            error: None,
+            timings: Timings { upstream_ms: 1.0, overhead_us: 1, total_ms: 1.0 },
+            tokens: Tokens::default(),
+            policy: PolicyRef { name: "s".into(), version: "1".into() },
+            decision: Action::Allow,
+            decisions: vec![],
+            checks: vec![],
+            shadow: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn replay_scores_queue_labels_and_skips_rows_without_text() {
+        let store = keel_store::resolve("sqlite::memory:").await.unwrap();
+        let rows = [
+            stored("buy an XR-200", Privacy::Full),
+            stored("opening hours?", Privacy::Full),
+            stored("buy an XR-200 now", Privacy::None),
+        ];
+        let intake = CaseIntake::default();
+        let now = OffsetDateTime::now_utc();
+        let cases = rows.iter().map(|i| intake.case(i.id, "support", CaseReason::Sampled, None, now)).collect();
+        store.write_batch(WriteBatch { interactions: rows.to_vec(), cases, ..WriteBatch::default() }).await.unwrap();
+        let queued = store.list_cases(&CaseFilter { all: true, ..CaseFilter::default() }).await.unwrap();
+        let violation = NewLabel::from_parts("violation", Some("recall".into()), None, None, None).unwrap();
+        store.label_case(queued[0].id, violation, "aiko").await.unwrap();
+        store
+            .label_case(queued[1].id, NewLabel::from_parts("ok", None, None, None, None).unwrap(), "aiko")
+            .await
+            .unwrap();
+
+        let active = Policy::parse("a.toml", BASE).unwrap();
+        let candidate = Policy::parse(
+            "c.toml",
+            &format!(
+                "{BASE}[[checks]]\nname = \"xr\"\nkind = \"keywords\"\nphase = \"input\"\nwords = [\"XR-200\"]\n\
+                 [[rules]]\nname = \"block-xr\"\npriority = 5\nphase = \"input\"\nwhen = \"xr\"\naction = \"block\"\n"
+            ),
+        )
+        .unwrap();
+        let gate = ReplayGate { min_labelled: 2, ..ReplayGate::default() };
+        let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        let r = replay(store.as_ref(), &candidate, &active, since, &gate).await.unwrap();
+        assert_eq!((r.replayed, r.skipped_no_text, r.changed, r.labelled), (2, 1, 1, 2));
+        assert_eq!((r.active.tp, r.active.fn_, r.active.tn), (0, 1, 1));
+        assert_eq!((r.candidate.tp, r.candidate.fp, r.candidate.tn), (1, 0, 1));
+        assert!(r.passed, "{:?}", r.failures);
+        assert!(render(&r, "s@2", "s@1").contains("allow    → block         1"), "{}", render(&r, "s@2", "s@1"));
+    }
+}

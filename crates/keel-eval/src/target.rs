@@ -316,6 +316,7 @@ impl GatewayTarget {
             default_privacy: keel_core::Privacy::Full,
             max_body_bytes: 16 << 20,
             review_lock: keel_store::review::DEFAULT_LOCK,
+            review: keel_store::CaseIntake::default(),
         };
         let info = PolicyInfo::of(&policy);
         let state = AppState::new(settings, policy, upstreams, store, writer);

@@ -92,6 +92,7 @@ impl Api {
             default_privacy: Default::default(),
             max_body_bytes: 1 << 16,
             review_lock: keel_store::review::DEFAULT_LOCK,
+            review: keel_store::CaseIntake::default(),
         };
         let state = AppState::new(settings, Arc::new(policy), Upstreams::new(vec![]).unwrap(), store.clone(), writer);
         let mut tokens = BTreeMap::new();
@@ -506,6 +507,7 @@ async fn the_api_is_open_without_keys_and_tokens_and_closes_with_the_first_token
         default_privacy: Default::default(),
         max_body_bytes: 1 << 16,
         review_lock: keel_store::review::DEFAULT_LOCK,
+        review: keel_store::CaseIntake::default(),
     };
     let policy = Policy::parse("default.toml", DEFAULT_POLICY).unwrap();
     let state = AppState::new(settings, Arc::new(policy), Upstreams::new(vec![]).unwrap(), store.clone(), writer);

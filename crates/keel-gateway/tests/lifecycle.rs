@@ -134,6 +134,7 @@ async fn start() -> Harness {
         default_privacy: Default::default(),
         max_body_bytes: 1 << 16,
         review_lock: keel_store::review::DEFAULT_LOCK,
+        review: keel_store::CaseIntake::default(),
     };
     let file_policy = Policy::parse("default.toml", DEFAULT_POLICY).unwrap();
     let state = AppState::new(settings, Arc::new(file_policy), upstreams, store.clone(), writer);

@@ -88,6 +88,7 @@ async fn start(intake: CaseIntake) -> Harness {
         default_privacy: Default::default(),
         max_body_bytes: 1 << 16,
         review_lock: Duration::from_secs(600),
+        review: keel_store::CaseIntake::default(),
     };
     let policy = Policy::parse("review.toml", POLICY).unwrap();
     let state = AppState::new(settings, Arc::new(policy), upstreams, store.clone(), writer);

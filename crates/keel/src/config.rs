@@ -327,8 +327,6 @@ pub struct Config {
     pub notices: Vec<String>,
     /// Drift monitoring; no detectors means the default set.
     pub monitor: keel_drift::MonitorConfig,
-    /// Which interactions open review cases as they are stored.
-    pub review: keel_store::CaseIntake,
 }
 
 /// `$KEEL_HOME`, or `~/.keel`.
@@ -523,12 +521,12 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
             default_privacy: file.default_privacy,
             max_body_bytes,
             review_lock,
+            review,
         },
         app_policies,
         poll_interval: Duration::from_millis(poll_interval_ms),
         notices,
         monitor,
-        review,
     })
 }
 
@@ -585,11 +583,11 @@ mod tests {
     fn the_review_table_is_validated_and_reaches_the_intake() {
         let base = "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x/v1\"\n";
         let config = parse(base).unwrap();
-        assert_eq!(config.review.sample_rate, 0.01, "the documented default");
+        assert_eq!(config.gateway.review.sample_rate, 0.01, "the documented default");
         assert_eq!(config.gateway.review_lock, Duration::from_secs(30 * 60));
         let text = format!("{base}[review]\nsample_rate = 0.25\nlock_minutes = 5\nsla_high_hours = 1\n");
         let config = parse(&text).unwrap();
-        assert_eq!(config.review.sample_rate, 0.25);
+        assert_eq!(config.gateway.review.sample_rate, 0.25);
         assert_eq!(config.monitor.review.sla.high, Duration::from_secs(3600), "drift cases use the same SLA");
         assert_eq!(config.gateway.review_lock, Duration::from_secs(300));
         let err = parse(&format!("{base}[review]\nsample_rate = 1.5\n")).unwrap_err().to_string();

@@ -107,12 +107,18 @@ fn label_body(label: &LabelArgs) -> Value {
 }
 
 /// Calls the API; a refusal becomes an error with the API's message.
-async fn call(api: &ApiArgs, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+async fn call(
+    api: &ApiArgs,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, String)],
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let Some(token) = api.token.as_deref().filter(|t| !t.trim().is_empty()) else {
         bail!("the review queue is worked as an admin token: pass --token TOKEN or set KEEL_TOKEN (role reviewer or admin)");
     };
     let url = format!("{}{path}", api.url.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().request(method, &url).bearer_auth(token.trim());
+    let mut request = reqwest::Client::new().request(method, &url).query(query).bearer_auth(token.trim());
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -215,42 +221,35 @@ pub async fn run(command: ReviewCommand, api: &ApiArgs) -> anyhow::Result<String
     use reqwest::Method;
     let (value, text) = match command {
         ReviewCommand::Next { app } => {
-            let value = call(api, Method::POST, "/api/review/next", Some(json!({"app": app}))).await?;
+            let value = call(api, Method::POST, "/api/review/next", &[], Some(json!({"app": app}))).await?;
             let text = render_next(&value);
             (value, text)
         }
         ReviewCommand::Label { case, label } => {
             let value =
-                call(api, Method::POST, &format!("/api/review/cases/{case}/label"), Some(label_body(&label))).await?;
+                call(api, Method::POST, &format!("/api/review/cases/{case}/label"), &[], Some(label_body(&label)))
+                    .await?;
             let text = format!("labelled: {}\n", case_line(&value["case"]));
             (value, text)
         }
         ReviewCommand::Release { case } => {
-            let value = call(api, Method::POST, &format!("/api/review/cases/{case}/release"), None).await?;
+            let value = call(api, Method::POST, &format!("/api/review/cases/{case}/release"), &[], None).await?;
             let text = format!("released: {}\n", case_line(&value["case"]));
             (value, text)
         }
         ReviewCommand::Adjudicate { case, label } => {
             let path = format!("/api/review/cases/{case}/adjudicate");
-            let value = call(api, Method::POST, &path, Some(label_body(&label))).await?;
+            let value = call(api, Method::POST, &path, &[], Some(label_body(&label))).await?;
             let text = format!("adjudicated: {}\n", case_line(&value["case"]));
             (value, text)
         }
         ReviewCommand::List { status, reason, app, limit } => {
-            let mut query = Vec::new();
-            for (key, value) in
+            let query: Vec<(&str, String)> =
                 [("status", status), ("reason", reason), ("app", app), ("limit", limit.map(|l| l.to_string()))]
-            {
-                if let Some(value) = value {
-                    query.push(format!("{key}={value}"));
-                }
-            }
-            let path = if query.is_empty() {
-                "/api/review/cases".to_owned()
-            } else {
-                format!("/api/review/cases?{}", query.join("&"))
-            };
-            let value = call(api, Method::GET, &path, None).await?;
+                    .into_iter()
+                    .filter_map(|(key, value)| value.map(|v| (key, v)))
+                    .collect();
+            let value = call(api, Method::GET, "/api/review/cases", &query, None).await?;
             let cases = value["data"].as_array().cloned().unwrap_or_default();
             let text = if cases.is_empty() {
                 "no review cases\n".to_owned()
@@ -260,9 +259,8 @@ pub async fn run(command: ReviewCommand, api: &ApiArgs) -> anyhow::Result<String
             (value, text)
         }
         ReviewCommand::Agreement { app } => {
-            let path =
-                app.map_or_else(|| "/api/review/agreement".to_owned(), |a| format!("/api/review/agreement?app={a}"));
-            let value = call(api, Method::GET, &path, None).await?;
+            let query: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+            let value = call(api, Method::GET, "/api/review/agreement", &query, None).await?;
             let text = render_agreement(&value);
             (value, text)
         }

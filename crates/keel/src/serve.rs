@@ -195,7 +195,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
         .await
         .with_context(|| format!("cannot open the store {}", keel_store::redact_url(&config.store)))?;
     let (writer, writer_task) =
-        Writer::spawn(store.clone(), WriterConfig { intake: config.review, ..WriterConfig::default() });
+        Writer::spawn(store.clone(), WriterConfig { intake: config.gateway.review, ..WriterConfig::default() });
     for notice in &config.notices {
         tracing::warn!("{notice}");
     }

@@ -219,6 +219,9 @@ async fn labels_become_a_gated_approved_policy_that_changes_live_decisions() {
     assert_eq!(labelled, PURCHASES.len() + BENIGN.len(), "flagged and sampled traffic became cases");
     let listed = cli.ok(&["review", "list", "--url", url, "--status", "labelled"], Some(&vera));
     assert_eq!(listed.lines().count(), labelled, "{listed}");
+    assert!(listed.lines().all(|l| l.contains("by rita")), "{listed}");
+    let agreement = cli.ok(&["review", "agreement", "--url", url], Some(&vera));
+    assert!(agreement.starts_with("0 double-labelled cases"), "{agreement}");
 
     // The labelled cases as datasets: an eval suite that `keel eval run` accepts.
     let suite = cli.path("review-cases.jsonl");

@@ -173,7 +173,10 @@ fn score(items: &[ReplayItem], side: fn(&ReplayItem) -> Action) -> SideScores {
     }
 }
 
-/// The thresholds a replay must meet (a TOML file; `default` is [`ReplayGate::default`]).
+/// The shipped replay gate, `suites/gates/replay.toml` (`--gate default`).
+pub const SHIPPED_GATE: &str = include_str!("../../../suites/gates/replay.toml");
+
+/// The thresholds a replay must meet (a TOML file; fields left out take the shipped values).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplayGate {
@@ -356,6 +359,13 @@ mod tests {
         assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
         assert!(r.failures[0].contains("F1 drops from 0.667 (active) to 0.333"), "{:?}", r.failures);
         assert!(r.examples.is_empty());
+    }
+
+    #[test]
+    fn the_shipped_gate_file_is_the_default() {
+        let shipped: ReplayGate =
+            keel_policy::source::TomlSource::new("replay.toml", SHIPPED_GATE).deserialize().unwrap();
+        assert_eq!(shipped, ReplayGate::default());
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub enum PolicyCommand {
         /// `default` for the shipped gate.
         #[arg(long, default_value = "default")]
         gate: String,
+        /// Differing interactions to show as examples.
+        #[arg(long, default_value_t = 10)]
+        examples: usize,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -290,8 +293,8 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             let policy = compile_file(&file).await?;
             writeln!(out, "{}: OK\n{}", file.display(), policy.summary())?;
         }
-        PolicyCommand::Replay { candidate, since, gate, json, store, token } => {
-            let args = crate::replay::ReplayArgs { candidate, since, gate, json, store, token };
+        PolicyCommand::Replay { candidate, since, gate, examples, json, store, token } => {
+            let args = crate::replay::ReplayArgs { candidate, since, gate, examples, json, store, token };
             if !crate::replay::run(args, &mut out).await? {
                 return Ok(ExitCode::from(1));
             }

@@ -21,9 +21,6 @@ use time::OffsetDateTime;
 
 use crate::identity::{act_as, StoreArgs, TokenArg};
 
-/// Differing interactions shown in a report.
-const EXAMPLES: usize = 10;
-
 /// What `keel policy replay` was asked.
 pub struct ReplayArgs {
     /// NAME@VERSION of the candidate.
@@ -32,6 +29,8 @@ pub struct ReplayArgs {
     pub since: String,
     /// A gate file, or `default`.
     pub gate: String,
+    /// Differing interactions to show.
+    pub examples: usize,
     /// Print JSON.
     pub json: bool,
     /// Where the store is.
@@ -59,7 +58,8 @@ pub fn parse_since(text: &str) -> anyhow::Result<OffsetDateTime> {
 /// The shipped gate, or the TOML file at `path`.
 pub fn load_gate(path: &str) -> anyhow::Result<ReplayGate> {
     if path == "default" {
-        return Ok(ReplayGate::default());
+        return Ok(keel_policy::source::TomlSource::new("suites/gates/replay.toml", keel_adapt::replay::SHIPPED_GATE)
+            .deserialize()?);
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("{path}: cannot read the replay gate"))?;
     Ok(keel_policy::source::TomlSource::new(path, &text).deserialize()?)
@@ -88,6 +88,7 @@ pub async fn replay(
     active: &Policy,
     since: OffsetDateTime,
     gate: &ReplayGate,
+    examples: usize,
 ) -> anyhow::Result<ReplayReport> {
     let labelled = store
         .list_cases(&CaseFilter { status: Some(CaseStatus::Labelled), all: true, ..CaseFilter::default() })
@@ -121,7 +122,7 @@ pub async fn replay(
             _ => break,
         }
     }
-    Ok(report(&items, skipped, gate, EXAMPLES))
+    Ok(report(&items, skipped, gate, examples))
 }
 
 fn estimate(e: Option<keel_adapt::replay::Estimate>) -> String {
@@ -189,7 +190,7 @@ pub async fn run(args: ReplayArgs, out: &mut impl std::io::Write) -> anyhow::Res
         .find(|v| v.status == PolicyStatus::Active)
         .with_context(|| format!("the policy {} has no active version to compare with", reference.name))?;
     let (candidate, active) = (compile(&candidate_version).await?, compile(&active_version).await?);
-    let r = replay(store.as_ref(), &candidate, &active, since, &gate).await?;
+    let r = replay(store.as_ref(), &candidate, &active, since, &gate, args.examples).await?;
     let full = serde_json::to_string(&r)?;
     let run_sha256 = hex::encode(Sha256::digest(full.as_bytes()));
     let summary = serde_json::json!({
@@ -328,7 +329,7 @@ mod tests {
         .unwrap();
         let gate = ReplayGate { min_labelled: 2, ..ReplayGate::default() };
         let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
-        let r = replay(store.as_ref(), &candidate, &active, since, &gate).await.unwrap();
+        let r = replay(store.as_ref(), &candidate, &active, since, &gate, 10).await.unwrap();
         assert_eq!((r.replayed, r.skipped_no_text, r.changed, r.labelled), (2, 1, 1, 2));
         assert_eq!((r.active.tp, r.active.fn_, r.active.tn), (0, 1, 1));
         assert_eq!((r.candidate.tp, r.candidate.fp, r.candidate.tn), (1, 0, 1));

@@ -12,6 +12,7 @@ pub mod build;
 pub mod candidate;
 mod error;
 pub mod labels;
+pub mod replay;
 
 pub use build::{build_entries, BuildReport, BuildSettings};
 pub use candidate::{build_candidate, next_version, Candidate, CandidateOptions};

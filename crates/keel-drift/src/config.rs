@@ -156,6 +156,8 @@ pub struct MonitorConfig {
     pub detectors: Vec<DetectorSpec>,
     /// Where alerts are delivered.
     pub webhooks: Vec<WebhookConfig>,
+    /// Due dates (and second reviews) of the review cases alerts open for their samples.
+    pub review: keel_store::CaseIntake,
 }
 
 impl Default for MonitorConfig {
@@ -169,6 +171,7 @@ impl Default for MonitorConfig {
             alert_sample_size: 20,
             detectors: Vec::new(),
             webhooks: Vec::new(),
+            review: keel_store::CaseIntake::default(),
         }
     }
 }

@@ -513,6 +513,7 @@ impl Monitor {
             removed: self.removed.clone(),
             alerts: new_alerts,
             sinks: self.config.webhooks.iter().map(|w| w.name.clone()).collect(),
+            review: self.config.review,
         };
         let opened = match self.store.commit_drift(commit).await {
             Ok(opened) => opened,

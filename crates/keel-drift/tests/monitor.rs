@@ -177,9 +177,20 @@ async fn alerts_open_after_the_change_and_not_before() {
     }
     let chi = opened.iter().find(|a| a.opened.detector == "action-mix").unwrap();
     assert!(chi.opened.p_value.is_some_and(|p| p < 1e-3));
-    // Every opened alert is in the audit chain.
-    let last = store.last_audit_record().await.unwrap().unwrap();
-    assert_eq!(last.action, "drift.alert_opened");
+    // Every opened alert is in the audit chain, then the review cases of its sample.
+    let records = store.audit_records(1, i64::MAX, u32::MAX).await.unwrap();
+    let alerts = records.iter().filter(|r| r.action == "drift.alert_opened").count();
+    assert_eq!(alerts, opened.len());
+    let cases = store
+        .list_cases(&keel_store::CaseFilter {
+            reason: Some(keel_store::CaseReason::DriftAlert),
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!cases.is_empty() && cases.iter().all(|c| opened.iter().any(|a| Some(a.id) == c.alert_id)));
+    assert_eq!(records.last().unwrap().action, "review.case_opened");
     assert!(store.verify().await.unwrap().is_ok());
 
     // Nothing new: no more alerts, no more rows.

@@ -17,11 +17,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keel_core::{AuditRecord, Interaction, InteractionId, PolicyRef};
 use keel_store::{
-    AccessGeneration, AccessStore, AlertFilter, AuditStore, ChangeError, DeliveryAttempt, DetectorCheckpoint,
-    DriftAlert, DriftCommit, DriftStore, GateRun, HandoffFilter, HandoffRequest, HandoffStore, InteractionFilter,
-    InteractionStore, InteractionSummary, IssuedToken, LifecycleStore, NewGateRun, NewPolicyVersion, PendingDelivery,
-    PolicyVersion, Promotion, Result, RollbackOutcome, Seeded, ShadowReport, Store, TokenInfo, TokenRecord, Transition,
-    VerifyReport, WriteBatch,
+    AccessGeneration, AccessStore, AlertFilter, AuditStore, CaseFilter, ChangeError, DeliveryAttempt,
+    DetectorCheckpoint, DriftAlert, DriftCommit, DriftStore, GateRun, HandoffFilter, HandoffRequest, HandoffStore,
+    InteractionFilter, InteractionStore, InteractionSummary, IssuedToken, LifecycleStore, NewCase, NewGateRun,
+    NewLabel, NewPolicyVersion, PendingDelivery, PolicyVersion, Promotion, Result, ReviewCase, ReviewStore,
+    RollbackOutcome, Seeded, ShadowReport, Store, StoredLabel, TokenInfo, TokenRecord, Transition, VerifyReport,
+    WriteBatch,
 };
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -256,6 +257,37 @@ impl LifecycleStore for Tap {
     }
     async fn shadow_report(&self, policy: &PolicyRef, examples: u32) -> Result<ShadowReport> {
         self.inner.shadow_report(policy, examples).await
+    }
+}
+
+#[async_trait]
+impl ReviewStore for Tap {
+    async fn open_case(&self, new: NewCase, actor: &str) -> Result<(ReviewCase, bool), ChangeError> {
+        self.inner.open_case(new, actor).await
+    }
+    async fn get_case(&self, id: i64) -> Result<Option<ReviewCase>> {
+        self.inner.get_case(id).await
+    }
+    async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<ReviewCase>> {
+        self.inner.list_cases(filter).await
+    }
+    async fn take_next_case(&self, actor: &str, app: Option<&str>, lock: Duration) -> Result<Option<ReviewCase>> {
+        self.inner.take_next_case(actor, app, lock).await
+    }
+    async fn label_case(&self, id: i64, label: NewLabel, actor: &str) -> Result<ReviewCase, ChangeError> {
+        self.inner.label_case(id, label, actor).await
+    }
+    async fn release_case(&self, id: i64, actor: &str) -> Result<ReviewCase, ChangeError> {
+        self.inner.release_case(id, actor).await
+    }
+    async fn adjudicate_case(&self, id: i64, label: NewLabel, actor: &str) -> Result<ReviewCase, ChangeError> {
+        self.inner.adjudicate_case(id, label, actor).await
+    }
+    async fn close_case(&self, id: i64, reason: &str, actor: &str) -> Result<ReviewCase, ChangeError> {
+        self.inner.close_case(id, reason, actor).await
+    }
+    async fn review_pairs(&self, app: Option<&str>) -> Result<Vec<(StoredLabel, StoredLabel)>> {
+        self.inner.review_pairs(app).await
     }
 }
 

@@ -300,8 +300,10 @@ impl GatewayTarget {
         let store: Arc<dyn keel_store::Store> = tap.clone();
         // One item per write: the tap stores nothing, so batching would only make each case
         // wait for the batch window (a timer tick, about a millisecond) before its record.
-        let (writer, _task) =
-            Writer::spawn(store.clone(), WriterConfig { max_batch: 1, max_delay: Duration::ZERO, capacity: 8192 });
+        let (writer, _task) = Writer::spawn(
+            store.clone(),
+            WriterConfig { max_batch: 1, max_delay: Duration::ZERO, capacity: 8192, ..WriterConfig::default() },
+        );
         let upstreams = Upstreams::new(vec![UpstreamConfig {
             name: "eval".into(),
             base_url: base_url.to_string(),
@@ -317,6 +319,8 @@ impl GatewayTarget {
             privacy: HashMap::new(),
             default_privacy: keel_core::Privacy::Full,
             max_body_bytes: 16 << 20,
+            review_lock: keel_store::review::DEFAULT_LOCK,
+            review: keel_store::CaseIntake::default(),
         };
         let info = PolicyInfo::of(&policy);
         let state = AppState::new(settings, policy, upstreams, store, writer);

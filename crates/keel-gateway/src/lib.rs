@@ -9,6 +9,7 @@
 
 mod api;
 mod api_alerts;
+mod api_review;
 mod auth;
 mod chat;
 pub mod error;
@@ -58,6 +59,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/policies/{policy}/withdraw", post(policies::withdraw))
         .route("/api/policies/{policy}/rollback", post(policies::rollback))
         .route("/api/policies/{policy}/shadow", get(policies::shadow))
+        .route("/api/review/cases", get(api_review::list_cases))
+        .route("/api/review/cases/{id}", get(api_review::get_case))
+        .route("/api/review/cases/{id}/label", post(api_review::label))
+        .route("/api/review/cases/{id}/release", post(api_review::release))
+        .route("/api/review/cases/{id}/adjudicate", post(api_review::adjudicate))
+        .route("/api/review/cases/{id}/close", post(api_review::close))
+        .route("/api/review/next", post(api_review::next))
+        .route("/api/review/agreement", get(api_review::agreement_report))
         .route("/api/tokens", get(tokens::list_tokens).post(tokens::create_token))
         .route("/api/tokens/{name}/revoke", post(tokens::revoke_token))
         .route("/healthz", get(|| async { "ok" }))

@@ -55,6 +55,11 @@ pub struct GatewaySettings {
     pub default_privacy: Privacy,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// How long a reviewer's lock on a review case lasts before it lapses.
+    pub review_lock: std::time::Duration,
+    /// How review cases are made (priorities, due dates, second reviews): what a route that
+    /// opens one (user feedback) passes to `ReviewStore::open_case` via `CaseIntake::case`.
+    pub review: keel_store::CaseIntake,
 }
 
 impl GatewaySettings {

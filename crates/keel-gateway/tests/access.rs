@@ -91,6 +91,8 @@ impl Api {
             privacy: Default::default(),
             default_privacy: Default::default(),
             max_body_bytes: 1 << 16,
+            review_lock: keel_store::review::DEFAULT_LOCK,
+            review: keel_store::CaseIntake::default(),
         };
         let state = AppState::new(settings, Arc::new(policy), Upstreams::new(vec![]).unwrap(), store.clone(), writer);
         let mut tokens = BTreeMap::new();
@@ -241,6 +243,62 @@ fn no_body(_: Who) -> Option<Value> {
 
 fn routes() -> Vec<Route> {
     vec![
+        Route {
+            method: "GET",
+            path: |_| "/api/review/cases?status=open".into(),
+            body: no_body,
+            permission: Permission::ReadInteractions,
+            allowed: StatusCode::OK,
+        },
+        Route {
+            method: "GET",
+            path: |_| "/api/review/cases/999999".into(),
+            body: no_body,
+            permission: Permission::ReadInteractions,
+            allowed: StatusCode::NOT_FOUND,
+        },
+        Route {
+            method: "GET",
+            path: |_| "/api/review/agreement".into(),
+            body: no_body,
+            permission: Permission::ReadInteractions,
+            allowed: StatusCode::OK,
+        },
+        Route {
+            method: "POST",
+            path: |_| "/api/review/next".into(),
+            body: no_body,
+            permission: Permission::ReviewCases,
+            allowed: StatusCode::OK,
+        },
+        Route {
+            method: "POST",
+            path: |_| "/api/review/cases/999999/label".into(),
+            body: |_| Some(json!({"label": "ok"})),
+            permission: Permission::ReviewCases,
+            allowed: StatusCode::NOT_FOUND,
+        },
+        Route {
+            method: "POST",
+            path: |_| "/api/review/cases/999999/release".into(),
+            body: no_body,
+            permission: Permission::ReviewCases,
+            allowed: StatusCode::NOT_FOUND,
+        },
+        Route {
+            method: "POST",
+            path: |_| "/api/review/cases/999999/adjudicate".into(),
+            body: |_| Some(json!({"label": "ok"})),
+            permission: Permission::ReviewCases,
+            allowed: StatusCode::NOT_FOUND,
+        },
+        Route {
+            method: "POST",
+            path: |_| "/api/review/cases/999999/close".into(),
+            body: |_| Some(json!({"reason": "duplicate"})),
+            permission: Permission::ReviewCases,
+            allowed: StatusCode::NOT_FOUND,
+        },
         Route {
             method: "GET",
             path: |_| "/api/interactions".into(),
@@ -448,6 +506,8 @@ async fn the_api_is_open_without_keys_and_tokens_and_closes_with_the_first_token
         privacy: Default::default(),
         default_privacy: Default::default(),
         max_body_bytes: 1 << 16,
+        review_lock: keel_store::review::DEFAULT_LOCK,
+        review: keel_store::CaseIntake::default(),
     };
     let policy = Policy::parse("default.toml", DEFAULT_POLICY).unwrap();
     let state = AppState::new(settings, Arc::new(policy), Upstreams::new(vec![]).unwrap(), store.clone(), writer);

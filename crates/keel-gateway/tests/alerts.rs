@@ -60,6 +60,8 @@ async fn start(keys: bool) -> Harness {
         privacy: Default::default(),
         default_privacy: Privacy::Full,
         max_body_bytes: 64 * 1024,
+        review_lock: keel_store::review::DEFAULT_LOCK,
+        review: keel_store::CaseIntake::default(),
     };
     let policy = Policy::parse("default.toml", DEFAULT_POLICY).unwrap();
     let state = AppState::new(settings, Arc::new(policy), upstreams, store.clone(), writer);

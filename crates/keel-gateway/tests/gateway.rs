@@ -77,6 +77,8 @@ async fn start_private(
         privacy: Default::default(),
         default_privacy: privacy,
         max_body_bytes: 64 * 1024,
+        review_lock: keel_store::review::DEFAULT_LOCK,
+        review: keel_store::CaseIntake::default(),
     };
     let state = AppState::new(settings, Arc::new(policy), upstreams, store.clone(), writer);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

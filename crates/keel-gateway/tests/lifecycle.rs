@@ -133,6 +133,8 @@ async fn start() -> Harness {
         privacy: Default::default(),
         default_privacy: Default::default(),
         max_body_bytes: 1 << 16,
+        review_lock: keel_store::review::DEFAULT_LOCK,
+        review: keel_store::CaseIntake::default(),
     };
     let file_policy = Policy::parse("default.toml", DEFAULT_POLICY).unwrap();
     let state = AppState::new(settings, Arc::new(file_policy), upstreams, store.clone(), writer);

@@ -376,6 +376,38 @@ impl SatisfactionDistribution {
     }
 }
 
+/// Cohen's kappa of two raters over the same items, any number of categories: the observed
+/// agreement p_o corrected for the agreement p_e their marginal shares give by chance,
+/// κ = (p_o − p_e) / (1 − p_e). `None` without pairs, or when chance agreement is total (both
+/// raters used one and the same category only), where kappa is undefined.
+pub fn cohen_kappa<T: PartialEq>(pairs: &[(T, T)]) -> Option<f64> {
+    if pairs.is_empty() {
+        return None;
+    }
+    let n = pairs.len() as f64;
+    let observed = pairs.iter().filter(|(a, b)| a == b).count() as f64 / n;
+    let mut categories: Vec<&T> = Vec::new();
+    for (a, b) in pairs {
+        for c in [a, b] {
+            if !categories.contains(&c) {
+                categories.push(c);
+            }
+        }
+    }
+    let chance: f64 = categories
+        .iter()
+        .map(|c| {
+            let first = pairs.iter().filter(|(a, _)| a == *c).count() as f64 / n;
+            let second = pairs.iter().filter(|(_, b)| b == *c).count() as f64 / n;
+            first * second
+        })
+        .sum();
+    if (1.0 - chance).abs() < 1e-12 {
+        return None;
+    }
+    Some((observed - chance) / (1.0 - chance))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,5 +547,27 @@ mod tests {
         e2.merge(&d);
         e2.merge(&d);
         assert_eq!(e2.total(), 20);
+    }
+    #[test]
+    fn kappa_matches_a_hand_computed_table() {
+        // 10 items, labels a/b/c. Agreements: (a,a)×4, (b,b)×3, (c,c)×1 → p_o = 0.8;
+        // disagreements (a,b) and (c,b). Rater 1: a×5, b×3, c×2; rater 2: a×4, b×5, c×1.
+        // p_e = 0.5·0.4 + 0.3·0.5 + 0.2·0.1 = 0.37 → κ = (0.8 − 0.37) / 0.63 = 43/63.
+        let mut pairs = vec![("a", "a"); 4];
+        pairs.extend(vec![("b", "b"); 3]);
+        pairs.push(("c", "c"));
+        pairs.push(("a", "b"));
+        pairs.push(("c", "b"));
+        let kappa = cohen_kappa(&pairs).unwrap();
+        assert!((kappa - 43.0 / 63.0).abs() < 1e-12, "{kappa}");
+    }
+
+    #[test]
+    fn kappa_is_one_for_perfect_agreement_and_undefined_without_variation() {
+        assert_eq!(cohen_kappa(&[(1, 1), (2, 2)]), Some(1.0));
+        assert_eq!(cohen_kappa(&[(1, 1), (1, 1)]), None);
+        assert_eq!(cohen_kappa::<u8>(&[]), None);
+        // Systematic disagreement on two balanced categories: p_o = 0, p_e = 0.5 → κ = −1.
+        assert_eq!(cohen_kappa(&[(true, false), (false, true)]), Some(-1.0));
     }
 }

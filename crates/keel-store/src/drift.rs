@@ -153,6 +153,9 @@ pub struct DriftCommit {
     pub alerts: Vec<NewDriftAlert>,
     /// Webhook sinks every new alert is queued for.
     pub sinks: Vec<String>,
+    /// How the review cases each new alert opens for its sampled interactions are made
+    /// (`drift_alert`, one per sampled interaction, audited as `review.case_opened`).
+    pub review: crate::review::CaseIntake,
 }
 
 /// An alert waiting for delivery to one sink.

@@ -2,7 +2,7 @@
 //!
 //! This crate owns the per-concern store traits ([`InteractionStore`], [`AuditStore`],
 //! [`HandoffStore`], [`DriftStore`], [`AccessStore`] for admin tokens, [`LifecycleStore`] for stored
-//! policy versions and gate runs, and [`Store`] with its single write entry point), their SQLite
+//! policy versions and gate runs, [`ReviewStore`] for the review queue, and [`Store`] with its single write entry point), their SQLite
 //! implementation with its migrations, the audit chain's hashing and verification, the
 //! batched [`Writer`] the gateway records through, and the privacy rule for stored text.
 //! It must not judge anything (that is keel-policy), speak HTTP (keel-gateway) or read
@@ -16,6 +16,7 @@ mod drift;
 mod error;
 pub mod lifecycle;
 mod privacy;
+pub mod review;
 pub mod sqlite;
 mod store;
 mod types;
@@ -36,6 +37,10 @@ pub use lifecycle::{
     RollbackOutcome, Seeded, ShadowExample, ShadowPair, ShadowReport, Transition,
 };
 pub use privacy::stored_text;
+pub use review::{
+    Agreement, CaseFilter, CaseIntake, CaseReason, CaseStatus, LabelKind, NewCase, NewLabel, ReviewCase, ReviewSla,
+    ReviewStore, StoredLabel,
+};
 pub use sqlite::SqliteStore;
 pub use store::{AuditStore, HandoffStore, InteractionStore, Store};
 pub use types::{

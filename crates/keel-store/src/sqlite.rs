@@ -24,6 +24,7 @@ use tokio::sync::Mutex;
 
 mod access;
 mod lifecycle;
+mod review;
 
 use crate::audit::{batch_records, check_entries, format_at, parse_at};
 use crate::error::{Result, StoreError};
@@ -548,7 +549,7 @@ impl HandoffStore for SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn write_batch(&self, batch: WriteBatch) -> Result<Vec<AuditRecord>> {
+    async fn write_batch(&self, mut batch: WriteBatch) -> Result<Vec<AuditRecord>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -622,6 +623,13 @@ impl Store for SqliteStore {
                 .push_bind(row.handoff.reason.as_str());
         })
         .await?;
+        // Cases are few (flags, escalations, a sampled share), so one statement each is fine,
+        // and it tells which ones already existed.
+        for case in &batch.cases {
+            if let Some(id) = review::insert_case(&mut tx, case).await? {
+                batch.audit.push(review::opened_entry(id, case, "gateway"));
+            }
+        }
 
         let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)

@@ -11,6 +11,7 @@ use crate::access::AccessStore;
 use crate::drift::DriftStore;
 use crate::error::Result;
 use crate::lifecycle::LifecycleStore;
+use crate::review::ReviewStore;
 use crate::types::{HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, VerifyReport, WriteBatch};
 
 /// Reading stored interactions.
@@ -56,9 +57,12 @@ pub trait HandoffStore: Send + Sync {
 
 /// A complete Keel store: every reading concern plus the single write entry point.
 #[async_trait]
-pub trait Store: InteractionStore + AuditStore + HandoffStore + DriftStore + AccessStore + LifecycleStore {
+pub trait Store:
+    InteractionStore + AuditStore + HandoffStore + DriftStore + AccessStore + LifecycleStore + ReviewStore
+{
     /// Writes the batch in one transaction and returns the audit records it appended: one
     /// `decision` record (actor `gateway`) per interaction in order, then one per explicit
-    /// entry in order. Nothing is written when it fails.
+    /// entry in order, then one `review.case_opened` per case it opened. Nothing is written
+    /// when it fails.
     async fn write_batch(&self, batch: WriteBatch) -> Result<Vec<AuditRecord>>;
 }

@@ -168,12 +168,16 @@ pub struct WriteBatch {
     pub handoffs: Vec<HandoffRequest>,
     /// Explicit audit entries to append after the interactions' decision records.
     pub audit: Vec<AuditEntry>,
+    /// Review cases to open (after the interactions they refer to); a case that exists for
+    /// its (interaction, reason) is skipped. Each opened case gets a `review.case_opened`
+    /// record (actor `gateway`) after the explicit entries.
+    pub cases: Vec<crate::review::NewCase>,
 }
 
 impl WriteBatch {
-    /// Number of items (interactions, handoffs and audit entries) in the batch.
+    /// Number of items (interactions, handoffs, audit entries and cases) in the batch.
     pub fn len(&self) -> usize {
-        self.interactions.len() + self.handoffs.len() + self.audit.len()
+        self.interactions.len() + self.handoffs.len() + self.audit.len() + self.cases.len()
     }
 
     /// True when the batch holds nothing to write.

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::{Result, StoreError};
+use crate::review::CaseIntake;
 use crate::store::Store;
 use crate::types::{AuditEntry, HandoffRequest, WriteBatch};
 
@@ -39,7 +40,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 const QUIET_RETRIES: u32 = 3;
 
 /// How the writer batches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WriterConfig {
     /// Most items (interactions, audit entries) written in one transaction.
     pub max_batch: usize,
@@ -47,11 +48,13 @@ pub struct WriterConfig {
     pub max_delay: Duration,
     /// Items the channel holds before senders wait.
     pub capacity: usize,
+    /// Which interactions open review cases as they are written (in the same transaction).
+    pub intake: CaseIntake,
 }
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self { max_batch: 512, max_delay: Duration::from_millis(5), capacity: 8192 }
+        Self { max_batch: 512, max_delay: Duration::from_millis(5), capacity: 8192, intake: CaseIntake::default() }
     }
 }
 
@@ -98,6 +101,7 @@ impl Writer {
             store,
             max_batch: config.max_batch.max(1),
             max_delay: config.max_delay,
+            intake: config.intake,
             shared: Arc::clone(&shared),
         };
         let join = tokio::spawn(task.run(rx).instrument(tracing::info_span!("store_writer")));
@@ -187,6 +191,7 @@ struct Task {
     store: Arc<dyn Store>,
     max_batch: usize,
     max_delay: Duration,
+    intake: CaseIntake,
     shared: Arc<Shared>,
 }
 
@@ -290,7 +295,7 @@ impl Task {
         let mut attempt: u32 = 0;
         loop {
             // Built per attempt: the store takes the batch, and most writes need one attempt.
-            match self.store.write_batch(to_batch(items)).await {
+            match self.store.write_batch(to_batch(items, &self.intake)).await {
                 Ok(_) => return Ok(()),
                 Err(error) if !error.is_retryable() => return Err(error),
                 Err(error) => {
@@ -319,11 +324,13 @@ fn fits(items: &[Item], item: &Item) -> bool {
     }
 }
 
-fn to_batch(items: &[Item]) -> WriteBatch {
+fn to_batch(items: &[Item], intake: &CaseIntake) -> WriteBatch {
     let mut batch = WriteBatch::default();
+    let now = time::OffsetDateTime::now_utc();
     for item in items {
         match item {
             Item::Interaction(interaction, handoff) => {
+                batch.cases.extend(intake.case_for(interaction, now));
                 batch.interactions.push((**interaction).clone());
                 batch.handoffs.extend(handoff.iter().cloned());
             }
@@ -566,6 +573,61 @@ mod tests {
     }
 
     #[async_trait]
+    impl crate::ReviewStore for FlakyStore {
+        async fn open_case(
+            &self,
+            new: crate::NewCase,
+            actor: &str,
+        ) -> Result<(crate::ReviewCase, bool), crate::ChangeError> {
+            self.inner.open_case(new, actor).await
+        }
+        async fn get_case(&self, id: i64) -> Result<Option<crate::ReviewCase>> {
+            self.inner.get_case(id).await
+        }
+        async fn list_cases(&self, filter: &crate::CaseFilter) -> Result<Vec<crate::ReviewCase>> {
+            self.inner.list_cases(filter).await
+        }
+        async fn take_next_case(
+            &self,
+            actor: &str,
+            app: Option<&str>,
+            lock: Duration,
+        ) -> Result<Option<crate::ReviewCase>> {
+            self.inner.take_next_case(actor, app, lock).await
+        }
+        async fn label_case(
+            &self,
+            id: i64,
+            label: crate::NewLabel,
+            actor: &str,
+        ) -> Result<crate::ReviewCase, crate::ChangeError> {
+            self.inner.label_case(id, label, actor).await
+        }
+        async fn release_case(&self, id: i64, actor: &str) -> Result<crate::ReviewCase, crate::ChangeError> {
+            self.inner.release_case(id, actor).await
+        }
+        async fn adjudicate_case(
+            &self,
+            id: i64,
+            label: crate::NewLabel,
+            actor: &str,
+        ) -> Result<crate::ReviewCase, crate::ChangeError> {
+            self.inner.adjudicate_case(id, label, actor).await
+        }
+        async fn close_case(
+            &self,
+            id: i64,
+            reason: &str,
+            actor: &str,
+        ) -> Result<crate::ReviewCase, crate::ChangeError> {
+            self.inner.close_case(id, reason, actor).await
+        }
+        async fn review_pairs(&self, app: Option<&str>) -> Result<Vec<(crate::StoredLabel, crate::StoredLabel)>> {
+            self.inner.review_pairs(app).await
+        }
+    }
+
+    #[async_trait]
     impl Store for FlakyStore {
         async fn write_batch(&self, batch: WriteBatch) -> Result<Vec<AuditRecord>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
@@ -618,7 +680,12 @@ mod tests {
     }
 
     fn slow_config() -> WriterConfig {
-        WriterConfig { max_batch: 10_000, max_delay: Duration::from_secs(3600), capacity: 64 }
+        WriterConfig {
+            max_batch: 10_000,
+            max_delay: Duration::from_secs(3600),
+            capacity: 64,
+            ..WriterConfig::default()
+        }
     }
 
     #[test]
@@ -759,7 +826,8 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         store.gate = Some(gate.clone());
         let store = Arc::new(store);
-        let config = WriterConfig { max_batch: 1, max_delay: Duration::from_millis(1), capacity: 2 };
+        let config =
+            WriterConfig { max_batch: 1, max_delay: Duration::from_millis(1), capacity: 2, ..WriterConfig::default() };
         let (handle, join) = Writer::spawn(store.clone(), config);
         let sender = {
             let handle = handle.clone();
@@ -785,7 +853,7 @@ mod tests {
     #[tokio::test]
     async fn zero_sizes_in_the_config_do_not_break_the_writer() {
         let store = Arc::new(FlakyStore::new().await);
-        let config = WriterConfig { max_batch: 0, max_delay: Duration::ZERO, capacity: 0 };
+        let config = WriterConfig { max_batch: 0, max_delay: Duration::ZERO, capacity: 0, ..WriterConfig::default() };
         let (handle, join) = Writer::spawn(store.clone(), config);
         for _ in 0..3 {
             handle.record_interaction(interaction(), None).await.unwrap();

@@ -138,6 +138,7 @@ async fn sqlite_write_batch_throughput() {
             interactions: chunk.to_vec(),
             handoffs: chunk.iter().filter_map(handoff).collect(),
             audit: vec![],
+            cases: Vec::new(),
         })
         .collect();
 

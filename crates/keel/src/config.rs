@@ -82,6 +82,23 @@ privacy = "redacted"
 # How often a running gateway polls the store for changes made elsewhere (the CLI, other
 # replicas): promotions, rollbacks and token revocations take effect within this time.
 poll_interval_ms = 1000
+
+# The human review queue. Flagged and escalated interactions always open a case; so do user
+# reports (wrong answers, low satisfaction) and drift alerts (for the interactions they sample).
+[review]
+# Share of allowed interactions sampled for review, from 0 to 1 (0.01 = 1%), so reviewers also
+# see what the policy lets through. Decided by a hash of the interaction id: repeatable.
+sample_rate = 0.01
+# Share of cases that need a second review by a different reviewer, from 0 to 1; agreement
+# is tracked (Cohen's kappa) and disagreements go to adjudication.
+second_review_share = 0.1
+# How long a reviewer holds a case taken with `keel review next` before the lock lapses.
+lock_minutes = 30
+# How soon a case should be labelled, by priority: escalations and wrong-answer reports (high),
+# flags, drift samples and low satisfaction (normal), sampled traffic (low).
+sla_high_hours = 4
+sla_normal_hours = 24
+sla_low_hours = 72
 "#;
 
 /// The whole documented example: the server settings, then `[monitor]`.
@@ -118,6 +135,61 @@ pub struct ConfigFile {
     /// See [`EXAMPLE`].
     #[serde(default)]
     pub lifecycle: LifecycleFile,
+    /// See [`EXAMPLE`].
+    #[serde(default)]
+    pub review: ReviewFile,
+}
+
+/// The `[review]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewFile {
+    sample_rate: f64,
+    second_review_share: f64,
+    lock_minutes: u64,
+    sla_high_hours: u64,
+    sla_normal_hours: u64,
+    sla_low_hours: u64,
+}
+
+impl Default for ReviewFile {
+    fn default() -> Self {
+        Self {
+            sample_rate: 0.01,
+            second_review_share: 0.1,
+            lock_minutes: 30,
+            sla_high_hours: 4,
+            sla_normal_hours: 24,
+            sla_low_hours: 72,
+        }
+    }
+}
+
+/// Checks `[review]` and builds the intake and the lock duration from it.
+fn review_settings(file: &ReviewFile, source: &TomlSource<'_>) -> anyhow::Result<(keel_store::CaseIntake, Duration)> {
+    let at = |field: &str| FieldPath::key("review").field(field);
+    for (field, value) in [("sample_rate", file.sample_rate), ("second_review_share", file.second_review_share)] {
+        if !(0.0..=1.0).contains(&value) {
+            bail!(source.error_at(&at(field), format!("{value} is not a share between 0 and 1 (0.01 is 1%)")));
+        }
+    }
+    if !(1..=24 * 60).contains(&file.lock_minutes) {
+        bail!(source.error_at(&at("lock_minutes"), "must be between 1 and 1440 (minutes)"));
+    }
+    let hours = |field: &str, value: u64| -> anyhow::Result<Duration> {
+        if !(1..=24 * 365).contains(&value) {
+            bail!(source.error_at(&at(field), "must be between 1 and 8760 (hours)"));
+        }
+        Ok(Duration::from_secs(value * 3600))
+    };
+    let sla = keel_store::ReviewSla {
+        high: hours("sla_high_hours", file.sla_high_hours)?,
+        normal: hours("sla_normal_hours", file.sla_normal_hours)?,
+        low: hours("sla_low_hours", file.sla_low_hours)?,
+    };
+    let intake =
+        keel_store::CaseIntake { sample_rate: file.sample_rate, second_review_share: file.second_review_share, sla };
+    Ok((intake, Duration::from_secs(file.lock_minutes * 60)))
 }
 
 /// The `[lifecycle]` table.
@@ -201,8 +273,9 @@ pub struct KeyFile {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppFile {
+    /// What is stored of the app's texts.
     #[serde(default)]
-    privacy: Privacy,
+    pub privacy: Privacy,
     #[serde(default)]
     policy: Option<String>,
 }
@@ -407,7 +480,9 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
     if max_body_bytes < 1024 {
         bail!(source.error_at(&FieldPath::key("max_body_bytes"), "must be at least 1024"));
     }
-    let monitor = crate::config_monitor::validate(file.monitor.as_ref(), &source)?;
+    let mut monitor = crate::config_monitor::validate(file.monitor.as_ref(), &source)?;
+    let (review, review_lock) = review_settings(&file.review, &source)?;
+    monitor.review = review;
     let mut app_policies = Vec::new();
     for (app, settings) in &file.apps {
         let Some(policy) = &settings.policy else { continue };
@@ -445,6 +520,8 @@ pub fn validate(file: ConfigFile, text: &str, file_name: &str, overrides: Overri
             privacy: file.apps.iter().map(|(name, app)| (name.clone(), app.privacy)).collect(),
             default_privacy: file.default_privacy,
             max_body_bytes,
+            review_lock,
+            review,
         },
         app_policies,
         poll_interval: Duration::from_millis(poll_interval_ms),
@@ -486,7 +563,7 @@ mod tests {
     #[test]
     fn unknown_fields_name_file_and_line() {
         let err = parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err().to_string();
-        insta::assert_snapshot!(err, @r"keel.toml:2:1: unknown field `listen_port`, expected one of `listen`, `store`, `policy`, `max_body_bytes`, `default_privacy`, `upstreams`, `keys`, `apps`, `monitor`, `lifecycle`");
+        insta::assert_snapshot!(err, @r"keel.toml:2:1: unknown field `listen_port`, expected one of `listen`, `store`, `policy`, `max_body_bytes`, `default_privacy`, `upstreams`, `keys`, `apps`, `monitor`, `lifecycle`, `review`");
     }
 
     #[test]
@@ -500,6 +577,23 @@ mod tests {
         let text = "listen = \"nowhere\"\n[[upstreams]]\nname = \"a\"\nbase_url = \"http://x/v1\"\n";
         let err = parse(text).unwrap_err().to_string();
         assert!(err.starts_with("keel.toml:1:10: listen:"), "{err}");
+    }
+
+    #[test]
+    fn the_review_table_is_validated_and_reaches_the_intake() {
+        let base = "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x/v1\"\n";
+        let config = parse(base).unwrap();
+        assert_eq!(config.gateway.review.sample_rate, 0.01, "the documented default");
+        assert_eq!(config.gateway.review_lock, Duration::from_secs(30 * 60));
+        let text = format!("{base}[review]\nsample_rate = 0.25\nlock_minutes = 5\nsla_high_hours = 1\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.gateway.review.sample_rate, 0.25);
+        assert_eq!(config.monitor.review.sla.high, Duration::from_secs(3600), "drift cases use the same SLA");
+        assert_eq!(config.gateway.review_lock, Duration::from_secs(300));
+        let err = parse(&format!("{base}[review]\nsample_rate = 1.5\n")).unwrap_err().to_string();
+        assert!(err.starts_with("keel.toml:5:15: review.sample_rate: 1.5 is not a share between 0 and 1"), "{err}");
+        let err = parse(&format!("{base}[review]\nlock_minutes = 0\n")).unwrap_err().to_string();
+        assert!(err.contains("review.lock_minutes: must be between 1 and 1440"), "{err}");
     }
 
     #[test]

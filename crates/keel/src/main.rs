@@ -14,12 +14,15 @@ mod demo_eval;
 mod demo_lifecycle;
 mod demo_memory;
 mod eval;
+mod export;
 mod identity;
 mod models;
 mod monitoring;
 #[cfg(feature = "otel")]
 mod otel;
 mod policies;
+mod replay;
+mod review_cli;
 mod serve;
 mod table;
 mod tokens;
@@ -124,6 +127,37 @@ enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// The human review queue: take, label, release, adjudicate, list, agreement (through a
+    /// running gateway's API).
+    Review {
+        #[command(subcommand)]
+        command: review_cli::ReviewCommand,
+        #[command(flatten)]
+        api: review_cli::ApiArgs,
+    },
+    /// Datasets from labelled review cases: sft (OpenAI chat fine-tuning JSONL), preference
+    /// (prompt/chosen/rejected), cases (a keel-eval suite).
+    Export {
+        /// sft, preference or cases.
+        kind: export::ExportKind,
+        /// Only this app.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only cases labelled since (7d, 12h, or an RFC 3339 time).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only cases labelled before (7d, 12h, or an RFC 3339 time).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only violations of this category.
+        #[arg(long)]
+        category: Option<String>,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        store: identity::StoreArgs,
     },
     /// Evaluation: run suites against targets, report, compare, gate, verify.
     Eval {
@@ -436,6 +470,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Review { command, api } => {
+            print!("{}", review_cli::run(command, &api).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { kind, app, since, until, category, out, store } => {
+            let filter = export::ExportFilter {
+                app,
+                since: since.as_deref().map(replay::parse_since).transpose().context("--since")?,
+                until: until.as_deref().map(replay::parse_since).transpose().context("--until")?,
+                category,
+            };
+            let privacy = app_privacy(store.config.as_deref())?;
+            let opened = store.open().await?;
+            let lookup = |app: &str| privacy.get(app).copied().unwrap_or(privacy_default(&privacy));
+            print!("{}", export::run(opened.as_ref(), kind, &filter, &lookup, out.as_deref()).await?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Eval { command } => Ok(eval::run(command).await),
         Command::Suites { command } => eval::suites_command(command).await,
         Command::Config { command: ConfigCommand::Example } => {
@@ -452,6 +503,29 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The privacy of each app of `--config` (key `""` holds the default for apps not listed);
+/// without a file every app counts as `full`.
+fn app_privacy(
+    config_path: Option<&std::path::Path>,
+) -> anyhow::Result<std::collections::HashMap<String, keel_core::Privacy>> {
+    let mut privacy = std::collections::HashMap::new();
+    if let Some(path) = config_path {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the config file", path.display()))?;
+        let file: config::ConfigFile =
+            keel_policy::source::TomlSource::new(path.display().to_string(), &text).deserialize()?;
+        privacy.insert(String::new(), file.default_privacy);
+        for (name, app) in &file.apps {
+            privacy.insert(name.clone(), app.privacy);
+        }
+    }
+    Ok(privacy)
+}
+
+fn privacy_default(privacy: &std::collections::HashMap<String, keel_core::Privacy>) -> keel_core::Privacy {
+    privacy.get("").copied().unwrap_or(keel_core::Privacy::Full)
 }
 
 /// The store URL from `--store`, else from `--config`'s file, else `$KEEL_HOME/keel.db`.

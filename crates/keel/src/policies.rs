@@ -27,8 +27,17 @@ pub enum PolicyCommand {
     /// Build a candidate version from labelled cases: the base's text with its memory updated.
     Candidate {
         /// Labelled cases, one JSON object per line (see the README's "Policy memory").
-        #[arg(long = "from-labels", value_name = "FILE.jsonl")]
-        from_labels: PathBuf,
+        #[arg(long = "from-labels", value_name = "FILE.jsonl", required_unless_present = "from_review")]
+        from_labels: Option<PathBuf>,
+        /// Take the labels from the review queue's labelled cases instead (written next to
+        /// the candidate as NEW_FILE.labels.jsonl, for the record).
+        #[arg(long, conflicts_with = "from_labels")]
+        from_review: bool,
+        /// With --from-review: only cases labelled since (14d, 12h, or an RFC 3339 time).
+        #[arg(long, requires = "from_review")]
+        since: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The base policy version (only read, never changed).
         #[arg(long, value_name = "POLICY_FILE")]
         base: PathBuf,
@@ -65,6 +74,31 @@ pub enum PolicyCommand {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Re-judge stored interactions with a candidate version and the active one, score both
+    /// against reviewers' labels, gate the result and record it as the candidate's replay gate
+    /// run. Exits 1 when the gate fails (the failing run is recorded too).
+    Replay {
+        /// NAME@VERSION of the stored candidate.
+        #[arg(long)]
+        candidate: String,
+        /// How far back to replay: 14d, 12h, 30m, or an RFC 3339 time.
+        #[arg(long, default_value = "14d")]
+        since: String,
+        /// The replay gate file (TOML: f1_drop_max, over_refusal_max, min_labelled), or
+        /// `default` for the shipped gate.
+        #[arg(long, default_value = "default")]
+        gate: String,
+        /// Differing interactions to show as examples.
+        #[arg(long, default_value_t = 10)]
+        examples: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        token: TokenArg,
     },
     /// Store a policy file as a new draft version (a file it extends is folded in).
     Add {
@@ -259,8 +293,17 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             let policy = compile_file(&file).await?;
             writeln!(out, "{}: OK\n{}", file.display(), policy.summary())?;
         }
+        PolicyCommand::Replay { candidate, since, gate, examples, json, store, token } => {
+            let args = crate::replay::ReplayArgs { candidate, since, gate, examples, json, store, token };
+            if !crate::replay::run(args, &mut out).await? {
+                return Ok(ExitCode::from(1));
+            }
+        }
         PolicyCommand::Candidate {
             from_labels,
+            from_review,
+            since,
+            store,
             base,
             output,
             version,
@@ -274,8 +317,25 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             keep_pii,
             json,
         } => {
+            let labels = match from_labels {
+                Some(path) if !from_review => path,
+                _ => {
+                    let since = since.as_deref().map(crate::replay::parse_since).transpose().context("--since")?;
+                    let path = PathBuf::from(format!("{}.labels.jsonl", output.display()));
+                    let store = store.open().await?;
+                    let count = crate::replay::labels_from_review(store.as_ref(), since, &path).await?;
+                    if count == 0 {
+                        bail!(
+                            "the review queue has no labelled cases{} to learn from",
+                            if since.is_some() { " in that time" } else { "" }
+                        );
+                    }
+                    tracing::info!(cases = count, file = %path.display(), "labels taken from the review queue");
+                    path
+                }
+            };
             let args = crate::adapt::CandidateArgs {
-                labels: from_labels,
+                labels,
                 base,
                 output,
                 version,

@@ -194,7 +194,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
     let store: Arc<dyn Store> = keel_store::resolve(&config.store)
         .await
         .with_context(|| format!("cannot open the store {}", keel_store::redact_url(&config.store)))?;
-    let (writer, writer_task) = Writer::spawn(store.clone(), WriterConfig::default());
+    let (writer, writer_task) =
+        Writer::spawn(store.clone(), WriterConfig { intake: config.gateway.review, ..WriterConfig::default() });
     for notice in &config.notices {
         tracing::warn!("{notice}");
     }

@@ -18,6 +18,7 @@ use crate::drift::{
     DriftSource, DriftStore, NewDriftAlert, PendingDelivery,
 };
 use crate::error::{Result, StoreError};
+use crate::review::CaseReason;
 use crate::types::{AuditEntry, WriteBatch};
 
 const ALERT_COLUMNS: &str = "id, detector, stream, app, method, state, statistic, threshold, p_value, window_size, \
@@ -280,8 +281,23 @@ impl DriftStore for SqliteStore {
                 resolved_by: None,
             });
         }
-        let entries =
+        let mut entries: Vec<AuditEntry> =
             opened.iter().map(|a| AuditEntry::now(MONITOR_ACTOR, "drift.alert_opened", opened_payload(a))).collect();
+        for alert in &opened {
+            for id in &alert.opened.sample_interaction_ids {
+                let app: Option<String> = sqlx::query_scalar("SELECT app FROM interactions WHERE id = ?")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("reading a sampled interaction"))?;
+                // A sample names stored interactions; one gone since (none are deleted today) has nothing to review.
+                let Some(app) = app else { continue };
+                let case = commit.review.case(*id, &app, CaseReason::DriftAlert, Some(alert.id), now);
+                if let Some(case_id) = super::review::insert_case(&mut tx, &case).await? {
+                    entries.push(super::review::opened_entry(case_id, &case, MONITOR_ACTOR));
+                }
+            }
+        }
         append_audit(&mut tx, entries).await?;
         tx.commit().await.map_err(db("committing a monitor step"))?;
         Ok(opened)

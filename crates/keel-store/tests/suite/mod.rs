@@ -10,6 +10,7 @@
 mod access;
 mod drift;
 mod lifecycle;
+mod review;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use time::OffsetDateTime;
 
 pub use access::*;
 pub use lifecycle::*;
+pub use review::*;
 
 /// One fresh database for one test, reachable through the store and through raw SQL.
 #[async_trait]
@@ -85,6 +87,12 @@ macro_rules! store_test_suite {
             concurrent_promotions_keep_one_active_version,
             rollback_restores_the_previous_active_and_withdraws_the_canary,
             shadow_decisions_are_stored_with_the_interaction_and_reported,
+            flags_escalations_and_sampled_traffic_open_cases_in_the_write,
+            opening_a_case_twice_changes_nothing,
+            next_takes_the_most_urgent_case_and_locks_it,
+            a_lapsed_lock_frees_the_case,
+            second_reviews_agree_or_go_to_adjudication,
+            a_drift_alert_opens_cases_for_its_sample,
         );
         $crate::store_test_suite!(@harness $make;
             audit_chain_continues_after_reopening,
@@ -538,6 +546,7 @@ pub async fn every_interaction_gets_a_decision_record(store: Arc<dyn Store>) {
             interactions: vec![first.clone(), second.clone()],
             handoffs: vec![],
             audit: vec![entry("policy.loaded", 1)],
+            cases: Vec::new(),
         })
         .await
         .unwrap();
@@ -579,6 +588,7 @@ pub async fn audit_seq_has_no_gaps_across_batches(store: Arc<dyn Store>) {
             interactions: (0..round).map(|_| interaction("a", T0, Action::Allow, &[])).collect(),
             handoffs: vec![],
             audit: (0..2).map(|n| entry("test.entry", n)).collect(),
+            cases: Vec::new(),
         };
         returned.extend(store.write_batch(batch).await.unwrap());
     }
@@ -604,6 +614,7 @@ pub async fn failed_batch_writes_nothing(store: Arc<dyn Store>) {
             interactions: vec![fresh.clone(), existing.clone()],
             handoffs: vec![],
             audit: vec![entry("test.entry", 1)],
+            cases: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -629,6 +640,7 @@ pub async fn handoffs_are_listed_newest_first(store: Arc<dyn Store>) {
             interactions: vec![a, b, c],
             handoffs: vec![ha.clone(), hc.clone(), hb.clone()],
             audit: vec![],
+            cases: Vec::new(),
         })
         .await
         .unwrap();
@@ -717,7 +729,12 @@ pub async fn writer_stores_2000_interactions_sent_concurrently(store: Arc<dyn St
 
 pub async fn writer_flush_waits_for_everything_sent_before_it(store: Arc<dyn Store>) {
     // A delay far longer than the test: only flush can cause the write.
-    let config = WriterConfig { max_batch: 10_000, max_delay: Duration::from_secs(3600), capacity: 64 };
+    let config = WriterConfig {
+        max_batch: 10_000,
+        max_delay: Duration::from_secs(3600),
+        capacity: 64,
+        ..WriterConfig::default()
+    };
     let (handle, join) = Writer::spawn(Arc::clone(&store), config);
     let sent: Vec<Interaction> = (0..10).map(|_| interaction("a", T0, Action::Allow, &[])).collect();
     for i in &sent {
@@ -789,6 +806,7 @@ pub async fn audit_chain_continues_after_reopening(h: &dyn Harness) {
             interactions: vec![interaction("a", T0, Action::Flag, &["x"])],
             handoffs: vec![],
             audit: vec![entry("test.entry", 9)],
+            cases: Vec::new(),
         })
         .await
         .unwrap();
@@ -924,6 +942,7 @@ pub async fn a_batch_too_big_for_one_statement_is_written_whole_and_in_order(h: 
             interactions: interactions.clone(),
             handoffs: handoffs.clone(),
             audit: entries.clone(),
+            cases: Vec::new(),
         })
         .await
         .unwrap();

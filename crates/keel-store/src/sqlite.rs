@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 mod access;
+mod feedback;
 mod lifecycle;
 
 use crate::audit::{batch_records, check_entries, format_at, parse_at};

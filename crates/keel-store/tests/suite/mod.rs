@@ -9,6 +9,7 @@
 
 mod access;
 mod drift;
+mod feedback;
 mod lifecycle;
 
 use std::sync::Arc;
@@ -85,6 +86,10 @@ macro_rules! store_test_suite {
             concurrent_promotions_keep_one_active_version,
             rollback_restores_the_previous_active_and_withdraws_the_canary,
             shadow_decisions_are_stored_with_the_interaction_and_reported,
+            feedback_is_idempotent_by_event_id_and_audited,
+            handoff_steps_follow_requested_taken_resolved,
+            an_escalation_counts_as_requested,
+            kpi_rows_cover_the_range_and_app,
         );
         $crate::store_test_suite!(@harness $make;
             audit_chain_continues_after_reopening,
@@ -121,6 +126,7 @@ macro_rules! store_test_suite {
 }
 
 pub use drift::*;
+pub use feedback::*;
 
 // ---------------------------------------------------------------------------------------------
 // Data builders

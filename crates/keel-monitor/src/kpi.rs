@@ -218,10 +218,32 @@ pub fn compute(
     handoffs: &[HandoffFacts],
     confidence: f64,
 ) -> Result<Vec<KpiBucket>> {
+    compute_by(|at| width.start_of(at), interactions, feedback, handoffs, confidence)
+}
+
+/// KPIs of everything given as one bucket starting at `start`; `None` when there are no
+/// interactions.
+pub fn compute_overall(
+    start: OffsetDateTime,
+    interactions: &[InteractionFacts],
+    feedback: &[FeedbackFacts],
+    handoffs: &[HandoffFacts],
+    confidence: f64,
+) -> Result<Option<KpiBucket>> {
+    Ok(compute_by(|_| start, interactions, feedback, handoffs, confidence)?.pop())
+}
+
+fn compute_by(
+    start_of: impl Fn(OffsetDateTime) -> OffsetDateTime,
+    interactions: &[InteractionFacts],
+    feedback: &[FeedbackFacts],
+    handoffs: &[HandoffFacts],
+    confidence: f64,
+) -> Result<Vec<KpiBucket>> {
     let mut buckets: BTreeMap<OffsetDateTime, Gathered<'_>> = BTreeMap::new();
     let mut bucket_of: HashMap<&str, OffsetDateTime> = HashMap::with_capacity(interactions.len());
     for i in interactions {
-        let start = width.start_of(i.at);
+        let start = start_of(i.at);
         bucket_of.insert(i.id.as_str(), start);
         buckets.entry(start).or_default().interactions.push(i);
     }
@@ -459,6 +481,12 @@ mod tests {
         close(p.p50, 250.0, 1e-12);
         close(p.p90, 370.0, 1e-12);
         assert_eq!(b.tokens, TokenKpi { prompt: 40, completion: 20, reported: 4 });
+
+        let overall = compute_overall(d1, &interactions, &feedback, &handoffs, 0.95).unwrap().unwrap();
+        assert_eq!(overall.interactions, 5);
+        // Scores {3, 4, 5} of 5 interactions; e has none.
+        assert_eq!(overall.satisfaction.response_rate.unwrap().trials, 5);
+        assert_eq!(overall.satisfaction.distribution, [0, 0, 1, 1, 1]);
 
         let e = &buckets[1];
         assert_eq!(e.interactions, 1);

@@ -201,8 +201,9 @@ pub struct KeyFile {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppFile {
+    /// See [`EXAMPLE`].
     #[serde(default)]
-    privacy: Privacy,
+    pub privacy: Privacy,
     #[serde(default)]
     policy: Option<String>,
 }

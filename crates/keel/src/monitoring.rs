@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use keel_drift::{default_detectors, Deliverer, DriftMetrics, Monitor, MonitorConfig, Stream};
+use keel_drift::{
+    default_detectors, Deliverer, DriftMetrics, FeedbackEvent, FeedbackFeed, Monitor, MonitorConfig, Stream,
+};
 use keel_gateway::AppState;
 use keel_models::Embedder;
 use keel_policy::{Models, Policy};
+use keel_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -17,6 +20,29 @@ use crate::{config, models};
 
 /// How often the deliverer looks for due webhook deliveries.
 const DELIVERY_POLL: Duration = Duration::from_millis(500);
+
+/// The store's feedback as the drift monitor reads it.
+pub struct StoredFeedback(pub Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl FeedbackFeed for StoredFeedback {
+    async fn feedback_after(&self, after_seq: i64, limit: u32) -> keel_store::Result<Vec<(i64, FeedbackEvent)>> {
+        let stored = self.0.feedback_after(after_seq, limit).await?;
+        Ok(stored
+            .into_iter()
+            .map(|f| {
+                let event = FeedbackEvent {
+                    interaction_id: f.interaction_id,
+                    app: f.app,
+                    created_at: f.created_at,
+                    satisfaction: f.satisfaction,
+                    wrong_answer: f.wrong_answer,
+                };
+                (f.seq, event)
+            })
+            .collect())
+    }
+}
 
 /// The monitor and deliverer tasks of a running server.
 pub struct RunningMonitor {
@@ -56,7 +82,7 @@ pub async fn start(
     if defaults {
         let checks: Vec<String> = policy.check_names().into_iter().map(str::to_owned).collect();
         let embeddings = models.embedder.is_some() || paths.has_embedder();
-        config.detectors = default_detectors(&checks, false, embeddings);
+        config.detectors = default_detectors(&checks, true, embeddings);
     }
     let needs_embedder = config.detectors.iter().any(|d| matches!(d.stream, Stream::Embedding(_)));
     let embedder: Option<Arc<dyn Embedder>> = match (&models.embedder, needs_embedder) {
@@ -80,7 +106,8 @@ pub async fn start(
         if defaults { "default" } else { "configured" }
     );
     let webhooks = config.webhooks.clone();
-    let monitor = Monitor::new(config, state.store().clone(), None, embedder, metrics.clone())?;
+    let feedback: Arc<dyn FeedbackFeed> = Arc::new(StoredFeedback(state.store().clone()));
+    let monitor = Monitor::new(config, state.store().clone(), Some(feedback), embedder, metrics.clone())?;
     let deliverer = Deliverer::new(state.store().clone(), webhooks, metrics)?;
     let (stop, stopped) = watch::channel(false);
     let leader = Arc::new(AtomicBool::new(false));

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use keel_core::{Action, InteractionId};
 use keel_store::{
-    ChangeError, FeedbackStore, HandoffRequest, HandoffStep, KpiRange, NewFeedback, NewHandoffEvent, Store, Thumbs,
-    WriteBatch,
+    ChangeError, HandoffRequest, HandoffStep, KpiRange, NewFeedback, NewHandoffEvent, Store, Thumbs, WriteBatch,
 };
 use time::OffsetDateTime;
 

@@ -117,3 +117,50 @@ pub async fn start(
     ];
     Ok(Some(RunningMonitor { stop, tasks }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_core::Privacy;
+    use keel_drift::DetectorSpec;
+    use keel_monitor::{DetectorConfig, Method};
+    use keel_store::{DriftSource, Writer, WriterConfig};
+
+    #[tokio::test]
+    async fn a_satisfaction_stream_reads_stored_feedback() {
+        let store = keel_store::resolve("sqlite::memory:").await.unwrap();
+        let (writer, _task) = Writer::spawn(store.clone(), WriterConfig::default());
+        let policy = Arc::new(crate::serve::load_policy(None, &Models::default()).unwrap().0);
+        let pick = move |_: &str, _: &str| -> Result<Arc<Policy>, String> { Ok(policy.clone()) };
+        let privacy = |_: &str| Privacy::Full;
+        let line = |t: &str, s: u8| {
+            format!(
+                r#"{{"app":"a","timestamp":"{t}","request":{{"model":"m","messages":[{{"role":"user","content":"q"}}]}},"output":"x","feedback":{{"satisfaction":{s}}}}}"#
+            )
+        };
+        let body = [line("2026-01-01T00:00:00Z", 5), line("2026-01-01T00:01:00Z", 4), line("2026-01-01T00:02:00Z", 2)]
+            .join("\n");
+        let ingest = keel_gateway::ingest::Ingest {
+            store: store.as_ref(),
+            writer: &writer,
+            policy: &pick,
+            privacy: &privacy,
+            default_app: None,
+            only_app: None,
+            actor: "test",
+        };
+        assert_eq!(ingest.run(&body, 1).await.unwrap().feedback, 3);
+
+        let spec = DetectorSpec::new("sat", Stream::Satisfaction, DetectorConfig::default_for(Method::PageHinkley));
+        let config = MonitorConfig { detectors: vec![spec], ..MonitorConfig::default() };
+        let feedback: Arc<dyn FeedbackFeed> = Arc::new(StoredFeedback(store.clone()));
+        let mut monitor = Monitor::new(config, store.clone(), Some(feedback), None, DriftMetrics::default()).unwrap();
+        assert!(monitor.ensure_lease().await.unwrap());
+        let report = monitor.step().await.unwrap();
+        assert_eq!(report.rows, 3, "{report:?}");
+        monitor.flush().await.unwrap();
+        let checkpoints = store.detector_checkpoints().await.unwrap();
+        let sat = checkpoints.iter().find(|c| c.name == "sat").unwrap();
+        assert_eq!((sat.source, sat.cursor), (DriftSource::Feedback, 3));
+    }
+}

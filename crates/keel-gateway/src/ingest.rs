@@ -291,8 +291,34 @@ pub fn parse_line(text: &str) -> Result<IngestLine, FieldError> {
     parse_value(value, text)
 }
 
+/// `f` of every item, in order, spread over the machine's cores: judging is CPU work and the
+/// batched writer runs beside it.
+fn in_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads < 2 || items.len() < 64 {
+        return items.into_iter().map(f).collect();
+    }
+    let per_thread = items.len().div_ceil(threads);
+    let mut groups: Vec<Vec<T>> = Vec::with_capacity(threads);
+    let mut items = items.into_iter();
+    loop {
+        let group: Vec<T> = items.by_ref().take(per_thread).collect();
+        if group.is_empty() {
+            break;
+        }
+        groups.push(group);
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            groups.into_iter().map(|g| scope.spawn(move || g.into_iter().map(f).collect::<Vec<R>>())).collect();
+        // A panicking judge is a bug; re-raise it where the caller (a blocking task) sees it.
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
+}
+
 /// The input's items with their line numbers: the elements of a JSON array, or the non-blank
-/// lines of JSONL (numbered from `first_line`).
+/// lines of JSONL (numbered from `first_line`), parsed on every core.
 fn items(body: &str, first_line: usize) -> Vec<(usize, Result<IngestLine, FieldError>)> {
     let trimmed = body.trim_start();
     if trimmed.starts_with('[') {
@@ -311,11 +337,9 @@ fn items(body: &str, first_line: usize) -> Vec<(usize, Result<IngestLine, FieldE
             )],
         };
     }
-    body.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (first_line + i, parse_line(l)))
-        .collect()
+    let lines: Vec<(usize, &str)> =
+        body.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (first_line + i, l)).collect();
+    in_parallel(lines, |(n, l)| (n, parse_line(l)))
 }
 
 /// Judges one ingested interaction in monitoring mode and builds what is stored.
@@ -414,7 +438,11 @@ impl Ingest<'_> {
     pub async fn run(&self, body: &str, first_line: usize) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
         let mut accepted: Vec<(usize, IngestLine, String, Arc<Policy>, Privacy)> = Vec::new();
-        for (line_no, parsed) in items(body, first_line) {
+        let owned = body.to_owned();
+        let parsed = tokio::task::spawn_blocking(move || items(&owned, first_line))
+            .await
+            .map_err(|e| StoreError::InvalidInput { what: "an ingest batch".to_owned(), reason: e.to_string() })?;
+        for (line_no, parsed) in parsed {
             let refuse = |e: FieldError| LineError { line: line_no, field: e.field, message: e.message };
             let line = match parsed {
                 Ok(line) => line,
@@ -460,13 +488,10 @@ impl Ingest<'_> {
             let rest = accepted.split_off(accepted.len().min(JUDGE_CHUNK));
             let chunk = std::mem::replace(&mut accepted, rest);
             let judged = tokio::task::spawn_blocking(move || {
-                chunk
-                    .into_iter()
-                    .map(|(line_no, line, app, policy, privacy)| {
-                        let interaction = judge(&policy, &line, &app, privacy);
-                        (line_no, line, interaction)
-                    })
-                    .collect::<Vec<_>>()
+                in_parallel(chunk, |(line_no, line, app, policy, privacy)| {
+                    let interaction = judge(&policy, &line, &app, privacy);
+                    (line_no, line, interaction)
+                })
             })
             .await
             .map_err(|e| StoreError::InvalidInput { what: "an ingest batch".to_owned(), reason: e.to_string() })?;

@@ -212,6 +212,16 @@ method = "cusum"
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let list: Value = client.get(format!("{base}/api/alerts")).send().await.unwrap().json().await.unwrap();
+
+    // The same command through the running gateway's API; line numbers stay the file's.
+    let small = home.path().join("small.jsonl");
+    let later = line(None, "2025-04-01T00:00:00Z", "hi", "hello", None);
+    std::fs::write(&small, format!("{later}\n{{\"app\": 1}}\n")).unwrap();
+    let out = keel(&["ingest", small.to_str().unwrap(), "--url", &base], home.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(report.starts_with("ingested 1 interactions"), "{report}");
+    assert!(report.contains("line 2: "), "{report}");
     stop(child);
     assert_eq!(list["data"].as_array().unwrap().len(), alerts.len(), "no further alerts: {list}");
 

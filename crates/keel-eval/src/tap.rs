@@ -18,11 +18,11 @@ use async_trait::async_trait;
 use keel_core::{AuditRecord, Interaction, InteractionId, PolicyRef};
 use keel_store::{
     AccessGeneration, AccessStore, AlertFilter, AuditStore, CaseFilter, ChangeError, DeliveryAttempt,
-    DetectorCheckpoint, DriftAlert, DriftCommit, DriftStore, GateRun, HandoffFilter, HandoffRequest, HandoffStore,
-    InteractionFilter, InteractionStore, InteractionSummary, IssuedToken, LifecycleStore, NewCase, NewGateRun,
-    NewLabel, NewPolicyVersion, PendingDelivery, PolicyVersion, Promotion, Result, ReviewCase, ReviewStore,
-    RollbackOutcome, Seeded, ShadowReport, Store, StoredLabel, TokenInfo, TokenRecord, Transition, VerifyReport,
-    WriteBatch,
+    DetectorCheckpoint, DriftAlert, DriftCommit, DriftStore, Feedback, FeedbackStore, GateRun, HandoffEvent,
+    HandoffFilter, HandoffRequest, HandoffStore, InteractionFilter, InteractionStore, InteractionSummary, IssuedToken,
+    KpiRange, KpiRows, LifecycleStore, NewCase, NewFeedback, NewGateRun, NewHandoffEvent, NewLabel, NewPolicyVersion,
+    PendingDelivery, PolicyVersion, Promotion, Receipt, Result, ReviewCase, ReviewStore, RollbackOutcome, Seeded,
+    ShadowReport, Store, StoredLabel, TokenInfo, TokenRecord, Transition, VerifyReport, WriteBatch,
 };
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -288,6 +288,25 @@ impl ReviewStore for Tap {
     }
     async fn review_pairs(&self, app: Option<&str>) -> Result<Vec<(StoredLabel, StoredLabel)>> {
         self.inner.review_pairs(app).await
+    }
+}
+
+#[async_trait]
+impl FeedbackStore for Tap {
+    async fn record_feedback(&self, events: Vec<NewFeedback>) -> Result<Vec<Result<Receipt<Feedback>, ChangeError>>> {
+        self.inner.record_feedback(events).await
+    }
+    async fn feedback_after(&self, after_seq: i64, limit: u32) -> Result<Vec<Feedback>> {
+        self.inner.feedback_after(after_seq, limit).await
+    }
+    async fn record_handoff_event(&self, event: NewHandoffEvent) -> Result<Receipt<HandoffEvent>, ChangeError> {
+        self.inner.record_handoff_event(event).await
+    }
+    async fn stored_interactions(&self, ids: &[InteractionId]) -> Result<std::collections::HashSet<InteractionId>> {
+        self.inner.stored_interactions(ids).await
+    }
+    async fn kpi_rows(&self, range: &KpiRange) -> Result<KpiRows> {
+        self.inner.kpi_rows(range).await
     }
 }
 

@@ -28,7 +28,7 @@ pub struct ListQuery {
     before: Option<String>,
 }
 
-fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
+pub(crate) fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
     if let Ok(at) = OffsetDateTime::parse(value, &Rfc3339) {
         return Ok(at);
     }

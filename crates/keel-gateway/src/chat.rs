@@ -29,16 +29,16 @@ use crate::state::AppState;
 
 /// Where a judged text lives in the request: a message, and a content part for array contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PartRef {
-    message: usize,
+pub(crate) struct PartRef {
+    pub(crate) message: usize,
     content_part: Option<usize>,
 }
 
 /// A validated chat request.
-struct ChatRequest {
-    body: Value,
-    model: String,
-    stream: bool,
+pub(crate) struct ChatRequest {
+    pub(crate) body: Value,
+    pub(crate) model: String,
+    pub(crate) stream: bool,
 }
 
 const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
@@ -47,6 +47,11 @@ fn validate(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     let body: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(format!("request body is not valid JSON (line {}, column {}): {e}", e.line(), e.column()))
     })?;
+    validate_body(body)
+}
+
+/// Checks a parsed chat request body; errors name the field (`messages[1].role`).
+pub(crate) fn validate_body(body: Value) -> Result<ChatRequest, ApiError> {
     let Some(object) = body.as_object() else {
         return Err(ApiError::bad_request("request body must be a JSON object"));
     };
@@ -111,7 +116,7 @@ fn validate(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
 }
 
 /// The texts of user and tool messages, which input checks read.
-fn input_parts(body: &Value) -> Vec<(PartRef, String)> {
+pub(crate) fn input_parts(body: &Value) -> Vec<(PartRef, String)> {
     let mut parts = Vec::new();
     let Some(messages) = body["messages"].as_array() else { return parts };
     for (i, message) in messages.iter().enumerate() {
@@ -314,7 +319,7 @@ async fn record_after_answer(
 }
 
 /// Findings of PII checks in `results`, which the `redacted` privacy setting removes from storage.
-fn pii_findings(results: &[CheckResult]) -> Vec<&Finding> {
+pub(crate) fn pii_findings(results: &[CheckResult]) -> Vec<&Finding> {
     results.iter().filter(|r| r.kind == "pii").flat_map(|r| r.findings.iter()).collect()
 }
 
@@ -452,7 +457,7 @@ fn keel_headers(id: &InteractionId, decision: Action, policy: &keel_core::Policy
     headers
 }
 
-fn redacted_request(body: &Value, parts: &[(PartRef, String)], results: &[CheckResult]) -> String {
+pub(crate) fn redacted_request(body: &Value, parts: &[(PartRef, String)], results: &[CheckResult]) -> String {
     let mut copy = body.clone();
     let pii = pii_findings(results);
     for (at, text) in parts {

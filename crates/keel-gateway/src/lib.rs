@@ -9,10 +9,13 @@
 
 mod api;
 mod api_alerts;
+mod api_feedback;
 mod api_review;
 mod auth;
 mod chat;
 pub mod error;
+pub mod ingest;
+pub mod kpi;
 mod local;
 pub mod metrics;
 mod policies;
@@ -50,6 +53,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/alerts/{id}", get(api_alerts::get_alert))
         .route("/api/alerts/{id}/acknowledge", post(api_alerts::acknowledge))
         .route("/api/alerts/{id}/resolve", post(api_alerts::resolve))
+        .route("/api/feedback", post(api_feedback::feedback))
+        .route("/api/handoffs/{id}/{event}", post(api_feedback::handoff))
+        .route("/api/ingest", post(api_feedback::ingest))
+        .route("/api/kpi", get(api_feedback::kpi))
         .route("/metrics", get(api_alerts::metrics))
         .route("/api/policies", get(policies::list).post(policies::add))
         .route("/api/policies/diff", get(policies::diff))

@@ -384,6 +384,45 @@ fn routes() -> Vec<Route> {
             allowed: StatusCode::OK,
         },
         Route {
+            method: "POST",
+            path: |_| "/api/feedback".into(),
+            body: |who| {
+                Some(
+                    json!({"event_id": who.slug(), "interaction_id": "0190a0a0-0000-7000-8000-000000000000", "satisfaction": 4}),
+                )
+            },
+            permission: Permission::SendFeedback,
+            allowed: StatusCode::NOT_FOUND,
+        },
+        Route {
+            method: "POST",
+            path: |_| "/api/handoffs/0190a0a0-0000-7000-8000-000000000000/requested".into(),
+            body: |who| Some(json!({"event_id": who.slug()})),
+            permission: Permission::SendFeedback,
+            allowed: StatusCode::NOT_FOUND,
+        },
+        Route {
+            method: "POST",
+            path: |_| "/api/ingest".into(),
+            body: |who| {
+                Some(json!([{
+                    "app": "support",
+                    "timestamp": "2026-03-01T09:00:00Z",
+                    "request": {"model": "m", "messages": [{"role": "user", "content": who.slug()}]},
+                    "output": "ok",
+                }]))
+            },
+            permission: Permission::Ingest,
+            allowed: StatusCode::OK,
+        },
+        Route {
+            method: "GET",
+            path: |_| "/api/kpi?since=1d".into(),
+            body: no_body,
+            permission: Permission::ReadKpi,
+            allowed: StatusCode::OK,
+        },
+        Route {
             method: "GET",
             path: |_| "/api/tokens".into(),
             body: no_body,

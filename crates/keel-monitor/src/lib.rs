@@ -1,7 +1,7 @@
 //! Keel's monitor: the statistics and state machines that notice when a deployed model's
 //! behaviour drifts.
 //!
-//! This crate owns the *math* of monitoring: KPI estimates with honest intervals
+//! This crate owns the *math* of monitoring: KPIs per time bucket ([`kpi`]), estimates with honest intervals
 //! ([`stats`]: Wilson for rates, t and bootstrap for means, percentiles, satisfaction
 //! distributions), online drift detectors over metric streams ([`drift`]: Page–Hinkley, CUSUM,
 //! ADWIN, PSI, chi-square, Kolmogorov–Smirnov, Wasserstein, centroid distance, MMD), the alert
@@ -17,6 +17,7 @@ pub mod alert;
 pub mod bench;
 pub mod drift;
 mod error;
+pub mod kpi;
 mod rng;
 mod special;
 pub mod stats;

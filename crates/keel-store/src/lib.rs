@@ -2,7 +2,8 @@
 //!
 //! This crate owns the per-concern store traits ([`InteractionStore`], [`AuditStore`],
 //! [`HandoffStore`], [`DriftStore`], [`AccessStore`] for admin tokens, [`LifecycleStore`] for stored
-//! policy versions and gate runs, [`ReviewStore`] for the review queue, and [`Store`] with its single write entry point), their SQLite
+//! policy versions and gate runs, [`ReviewStore`] for the review queue, [`FeedbackStore`] for
+//! feedback, handoff events and KPI facts, and [`Store`] with its single write entry point), their SQLite
 //! implementation with its migrations, the audit chain's hashing and verification, the
 //! batched [`Writer`] the gateway records through, and the privacy rule for stored text.
 //! It must not judge anything (that is keel-policy), speak HTTP (keel-gateway) or read
@@ -14,6 +15,7 @@ pub mod access;
 pub mod audit;
 mod drift;
 mod error;
+pub mod feedback;
 pub mod lifecycle;
 mod privacy;
 pub mod review;
@@ -32,6 +34,10 @@ pub use drift::{
     DriftSource, DriftStore, NewDriftAlert, PendingDelivery,
 };
 pub use error::{Result, StoreError};
+pub use feedback::{
+    Feedback, FeedbackStore, Handoff, HandoffEvent, HandoffStep, KpiInteraction, KpiRange, KpiRows, NewFeedback,
+    NewHandoffEvent, Receipt, Thumbs,
+};
 pub use lifecycle::{
     GateKind, GateRun, LifecycleStore, NewGateRun, NewPolicyVersion, PolicyStatus, PolicyVersion, Promotion,
     RollbackOutcome, Seeded, ShadowExample, ShadowPair, ShadowReport, Transition,

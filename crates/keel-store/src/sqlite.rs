@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 mod access;
+mod feedback;
 mod lifecycle;
 mod review;
 

@@ -10,6 +10,7 @@ use keel_core::{AuditRecord, Interaction, InteractionId};
 use crate::access::AccessStore;
 use crate::drift::DriftStore;
 use crate::error::Result;
+use crate::feedback::FeedbackStore;
 use crate::lifecycle::LifecycleStore;
 use crate::review::ReviewStore;
 use crate::types::{HandoffFilter, HandoffRequest, InteractionFilter, InteractionSummary, VerifyReport, WriteBatch};
@@ -58,7 +59,7 @@ pub trait HandoffStore: Send + Sync {
 /// A complete Keel store: every reading concern plus the single write entry point.
 #[async_trait]
 pub trait Store:
-    InteractionStore + AuditStore + HandoffStore + DriftStore + AccessStore + LifecycleStore + ReviewStore
+    InteractionStore + AuditStore + HandoffStore + DriftStore + AccessStore + LifecycleStore + ReviewStore + FeedbackStore
 {
     /// Writes the batch in one transaction and returns the audit records it appended: one
     /// `decision` record (actor `gateway`) per interaction in order, then one per explicit

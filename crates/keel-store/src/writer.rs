@@ -628,6 +628,31 @@ mod tests {
     }
 
     #[async_trait]
+    impl crate::FeedbackStore for FlakyStore {
+        async fn record_feedback(
+            &self,
+            events: Vec<crate::NewFeedback>,
+        ) -> Result<Vec<Result<crate::Receipt<crate::Feedback>, crate::ChangeError>>> {
+            self.inner.record_feedback(events).await
+        }
+        async fn feedback_after(&self, after_seq: i64, limit: u32) -> Result<Vec<crate::Feedback>> {
+            self.inner.feedback_after(after_seq, limit).await
+        }
+        async fn record_handoff_event(
+            &self,
+            event: crate::NewHandoffEvent,
+        ) -> Result<crate::Receipt<crate::HandoffEvent>, crate::ChangeError> {
+            self.inner.record_handoff_event(event).await
+        }
+        async fn stored_interactions(&self, ids: &[InteractionId]) -> Result<std::collections::HashSet<InteractionId>> {
+            self.inner.stored_interactions(ids).await
+        }
+        async fn kpi_rows(&self, range: &crate::KpiRange) -> Result<crate::KpiRows> {
+            self.inner.kpi_rows(range).await
+        }
+    }
+
+    #[async_trait]
     impl Store for FlakyStore {
         async fn write_batch(&self, batch: WriteBatch) -> Result<Vec<AuditRecord>> {
             self.calls.fetch_add(1, Ordering::SeqCst);

@@ -37,7 +37,7 @@ alert_sample_size = 20
 # Unique name: the alert's detector, the metrics label, the key of the stored state.
 name = "action-mix"
 # What to watch: action, lang, refusal, handoff, upstream_ms, tokens.prompt, tokens.completion,
-# tokens.total, check.NAME.score, check.NAME.hit, satisfaction, wrong_answer (need stored feedback),
+# tokens.total, check.NAME.score, check.NAME.hit, satisfaction, wrong_answer (from stored feedback),
 # embedding.input, embedding.output (need the MiniLM model).
 stream = "action"
 # Only this app's traffic; omit for all apps.
@@ -318,12 +318,6 @@ fn detector(
             )
         ));
     }
-    if stream.source() == keel_store::DriftSource::Feedback {
-        bail!(source.error_at(
-            &here.field("stream"),
-            format!("`{stream}` reads stored feedback, which this version of the store does not keep yet")
-        ));
-    }
     if let Some(app) = &d.app {
         if app.trim().is_empty() {
             bail!(source.error_at(&here.field("app"), "must not be empty (omit it for all apps)"));
@@ -511,8 +505,6 @@ mod tests {
             e.starts_with("keel.toml:7:8: monitor.detectors[1].name: another detector is already named `a`"),
             "{e}"
         );
-        let e = err("[[monitor.detectors]]\nname = \"s\"\nstream = \"satisfaction\"\nmethod = \"cusum\"\n");
-        assert!(e.contains("monitor.detectors[0].stream: `satisfaction` reads stored feedback"), "{e}");
         let e = err("[monitor]\nbatch_size = 0\n");
         assert_eq!(e, "keel.toml:2:14: monitor.batch_size: must be at least 1");
         let e = err("[[monitor.detectors]]\nname = \"a\"\nstream = \"action\"\nmethod = \"psi\"\nwindow = 3\n");

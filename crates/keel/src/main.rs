@@ -16,6 +16,7 @@ mod demo_memory;
 mod eval;
 mod export;
 mod identity;
+mod ingest_cli;
 mod models;
 mod monitoring;
 #[cfg(feature = "otel")]
@@ -116,6 +117,52 @@ enum Command {
         config: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Ingest logged interactions (JSONL or a JSON array, OpenAI chat format, with their
+    /// timestamps), judged by the policy in monitoring mode and stored like gateway traffic.
+    ///
+    /// Offline (the default) it writes straight into the store, judged by --policy (else the
+    /// config's policy, else the built-in pack); with --url it sends the file to a running
+    /// gateway's /api/ingest, judged by the policy in force there.
+    Ingest {
+        /// The log file.
+        file: PathBuf,
+        /// App of lines that name none.
+        #[arg(long)]
+        app: Option<String>,
+        /// Base URL of a running gateway (e.g. http://127.0.0.1:8080) to send to instead.
+        #[arg(long)]
+        url: Option<String>,
+        /// Policy file that judges offline.
+        #[arg(long, conflicts_with = "url")]
+        policy: Option<PathBuf>,
+        #[command(flatten)]
+        store: identity::StoreArgs,
+        #[command(flatten)]
+        token: identity::TokenArg,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// KPIs per time bucket with confidence intervals, straight from the store.
+    Kpi {
+        /// Only this app (default: all apps).
+        #[arg(long)]
+        app: Option<String>,
+        /// Start: a duration ago (30m, 12h, 7d) or an RFC 3339 time.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// End (default: now): a duration ago or an RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Bucket width: minute, hour or day.
+        #[arg(long, default_value = "day")]
+        bucket: String,
+        #[command(flatten)]
+        store: identity::StoreArgs,
+        /// Print JSON (the same report as GET /api/kpi).
+        #[arg(long)]
         json: bool,
     },
     /// Benchmarks of Keel's behaviour: drift detector quality, policy adaptation.
@@ -451,6 +498,24 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let out =
                 tokio::task::spawn_blocking(move || alerts_cli::bench_drift(full, seed, markdown, json)).await??;
             print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest { file, app, url, policy, store, token, json } => {
+            let report = match url {
+                Some(url) => ingest_cli::online(&file, app.as_deref(), &url, token.token.as_deref()).await?,
+                None => ingest_cli::offline(&file, app.as_deref(), &store, policy.as_deref(), &token).await?,
+            };
+            print!("{}", ingest_cli::describe(&report, json)?);
+            let nothing = report.ingested == 0 && report.duplicates == 0 && !report.errors.is_empty();
+            Ok(if nothing { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Kpi { app, since, until, bucket, store, json } => {
+            let report = ingest_cli::kpi(&store, app, &since, until.as_deref(), &bucket).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", ingest_cli::kpi_table(&report));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { command } => tokens::run(command).await,

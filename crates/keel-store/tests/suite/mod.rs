@@ -9,6 +9,7 @@
 
 mod access;
 mod drift;
+mod feedback;
 mod lifecycle;
 mod review;
 
@@ -93,6 +94,10 @@ macro_rules! store_test_suite {
             a_lapsed_lock_frees_the_case,
             second_reviews_agree_or_go_to_adjudication,
             a_drift_alert_opens_cases_for_its_sample,
+            feedback_is_idempotent_by_event_id_and_audited,
+            handoff_steps_follow_requested_taken_resolved,
+            an_escalation_counts_as_requested,
+            kpi_rows_cover_the_range_and_app,
         );
         $crate::store_test_suite!(@harness $make;
             audit_chain_continues_after_reopening,
@@ -129,6 +134,7 @@ macro_rules! store_test_suite {
 }
 
 pub use drift::*;
+pub use feedback::*;
 
 // ---------------------------------------------------------------------------------------------
 // Data builders

@@ -495,6 +495,33 @@ mod tests {
         assert_eq!(e.handoff.rate.unwrap().successes, 0);
     }
 
+    proptest::proptest! {
+        /// However the traffic falls into buckets, the buckets' counts add up to the overall ones.
+        #[test]
+        fn buckets_add_up_to_the_whole_range(
+            rows in proptest::collection::vec((0i64..3 * 86_400, proptest::option::of(1u8..=5), proptest::bool::ANY), 1..60)
+        ) {
+            let t0 = datetime!(2026-03-01 00:00 UTC);
+            let interactions: Vec<InteractionFacts> = rows
+                .iter()
+                .enumerate()
+                .map(|(k, (s, _, hit))| interaction(&k.to_string(), t0 + time::Duration::seconds(*s), "allow", *hit, 10.0))
+                .collect();
+            let feedback: Vec<FeedbackFacts> =
+                rows.iter().enumerate().map(|(k, (_, score, _))| feedback(&k.to_string(), *score, Some(false))).collect();
+            let buckets = compute(BucketWidth::Hour, &interactions, &feedback, &[], 0.95).unwrap();
+            let overall = compute_overall(t0, &interactions, &feedback, &[], 0.95).unwrap().unwrap();
+            let sum = |f: &dyn Fn(&KpiBucket) -> u64| buckets.iter().map(f).sum::<u64>();
+            proptest::prop_assert_eq!(sum(&|b| b.interactions), overall.interactions);
+            proptest::prop_assert_eq!(sum(&|b| b.satisfaction.distribution.iter().sum()), rows.iter().filter(|r| r.1.is_some()).count() as u64);
+            proptest::prop_assert_eq!(sum(&|b| b.check_hit_rates["pii"].successes), overall.check_hit_rates["pii"].successes);
+            for b in &buckets {
+                let r = b.satisfaction.response_rate.unwrap();
+                proptest::prop_assert!(r.lower <= r.estimate && r.estimate <= r.upper);
+            }
+        }
+    }
+
     #[test]
     fn buckets_align_on_the_epoch() {
         let at = datetime!(2026-03-01 09:41:17 UTC);

@@ -16,7 +16,7 @@ use keel_store::Store;
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// Store URL, e.g. sqlite://keel.db (default: from --config, else $KEEL_HOME/keel.db).
-    #[arg(long)]
+    #[arg(long, visible_alias = "db")]
     pub store: Option<String>,
     /// Configuration file to take the store URL from.
     #[arg(long)]

@@ -15,7 +15,7 @@ use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use keel_core::{InteractionId, Permission};
 use keel_monitor::kpi::BucketWidth;
-use keel_store::{HandoffStep, KpiRange, NewFeedback, NewHandoffEvent, Thumbs};
+use keel_store::{Feedback, HandoffStep, KpiRange, NewFeedback, NewHandoffEvent, Thumbs};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -146,9 +146,26 @@ pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: B
         .next()
         .ok_or_else(|| ApiError::internal("the store answered no feedback outcome"))?
         .map_err(ApiError::from_change)?;
+    let case =
+        if receipt.duplicate { None } else { open_feedback_case(&state, &receipt.event, caller.actor()).await? };
     let status = if receipt.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-    let body = json!({"object": "feedback", "duplicate": receipt.duplicate, "feedback": receipt.event});
+    let body = json!({
+        "object": "feedback",
+        "duplicate": receipt.duplicate,
+        "feedback": receipt.event,
+        "review_case": case,
+    });
     Ok((status, Json(body)).into_response())
+}
+
+/// Opens the review case a new feedback event calls for (a wrong-answer report or a low
+/// score), if any; the id of the case, which may have been open already.
+async fn open_feedback_case(state: &AppState, feedback: &Feedback, actor: &str) -> Result<Option<i64>, ApiError> {
+    let Some(case) = state.settings().review.case_for_feedback(feedback, OffsetDateTime::now_utc()) else {
+        return Ok(None);
+    };
+    let (case, _opened) = state.store().open_case(case, actor).await.map_err(ApiError::from_change)?;
+    Ok(Some(case.id))
 }
 
 /// `POST /api/handoffs/{interaction id}/{requested|taken|resolved}` with `{"event_id",
@@ -221,6 +238,7 @@ pub async fn ingest(
         default_app: default_app.as_deref(),
         only_app: only_app.as_deref(),
         actor: caller.actor(),
+        review: &state.settings().review,
     };
     let report = run.run(text, 1).await.map_err(ApiError::internal)?;
     let mut body = serde_json::to_value(&report).map_err(ApiError::internal)?;

@@ -27,7 +27,9 @@ use std::time::Instant;
 use keel_core::{Action, Interaction, InteractionId, Outcome, Phase, Privacy, Timings, Tokens};
 use keel_policy::text::redact;
 use keel_policy::{Context, Lang, Policy, TextPart};
-use keel_store::{stored_text, AuditEntry, NewFeedback, Store, StoreError, Thumbs, WriterHandle};
+use keel_store::{
+    stored_text, AuditEntry, CaseIntake, ChangeError, NewFeedback, Store, StoreError, Thumbs, WriterHandle,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -428,6 +430,8 @@ pub struct Ingest<'a> {
     pub only_app: Option<&'a str>,
     /// Who ingests: the actor of the audit records and of the feedback.
     pub actor: &'a str,
+    /// Which feedback opens review cases (wrong-answer reports, low scores).
+    pub review: &'a CaseIntake,
 }
 
 /// Lines judged at once off the async runtime.
@@ -521,7 +525,21 @@ impl Ingest<'_> {
             let (lines, events): (Vec<usize>, Vec<NewFeedback>) = feedback.into_iter().unzip();
             for (line, outcome) in lines.into_iter().zip(self.store.record_feedback(events).await?) {
                 match outcome {
-                    Ok(_) => report.feedback += 1,
+                    Ok(receipt) => {
+                        report.feedback += 1;
+                        if let Some(case) = (!receipt.duplicate)
+                            .then(|| self.review.case_for_feedback(&receipt.event, OffsetDateTime::now_utc()))
+                            .flatten()
+                        {
+                            self.store.open_case(case, self.actor).await.map_err(|e| match e {
+                                ChangeError::Store(e) => e,
+                                other => StoreError::InvalidInput {
+                                    what: "a review case for ingested feedback".to_owned(),
+                                    reason: other.to_string(),
+                                },
+                            })?;
+                        }
+                    }
                     Err(e) => report.errors.push(LineError {
                         line,
                         field: Some("feedback".into()),

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use keel_core::InteractionId;
 use keel_gateway::{key_hash, AppState, ClientKey, GatewaySettings, Upstreams};
 use keel_policy::Policy;
-use keel_store::{Store, Writer, WriterConfig};
+use keel_store::{CaseFilter, CaseReason, Store, Writer, WriterConfig};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -214,6 +214,26 @@ async fn feedback_is_validated_scoped_and_idempotent() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("may not act for app `support`"));
     assert_eq!(api.store.feedback_after(0, 10).await.unwrap().len(), 1, "only fb-1 is stored");
+    assert_eq!(api.store.list_cases(&CaseFilter::default()).await.unwrap().len(), 0, "a 4 asks for no review");
+}
+
+#[tokio::test]
+async fn wrong_answer_reports_and_low_scores_open_review_cases_once() {
+    let api = Api::start().await;
+    let id = ingested(&api).await;
+    let report = json!({"event_id": "fb-w", "interaction_id": id.to_string(), "wrong_answer": true, "comment": "no"});
+    let (status, body) = api.post("/api/feedback", SUPPORT_KEY, report.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let case_id = body["review_case"].as_i64().expect("a case id");
+    let (_, again) = api.post("/api/feedback", SUPPORT_KEY, report).await;
+    assert!(again["review_case"].is_null(), "a repeated event opens nothing: {again}");
+    let low = json!({"event_id": "fb-l", "interaction_id": id.to_string(), "satisfaction": 1});
+    let (status, body) = api.post("/api/feedback", SUPPORT_KEY, low).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let cases = api.store.list_cases(&CaseFilter::default()).await.unwrap();
+    let reasons: Vec<_> = cases.iter().map(|c| (c.reason, c.interaction_id)).collect();
+    assert_eq!(reasons, [(CaseReason::WrongAnswerReport, id), (CaseReason::LowSatisfaction, id)], "by priority");
+    assert_eq!(cases[0].id, case_id);
 }
 
 #[tokio::test]

@@ -84,6 +84,7 @@ async fn ingest_throughput() {
             default_app: None,
             only_app: None,
             actor: "bench",
+            review: &keel_store::CaseIntake::default(),
         };
         let started = Instant::now();
         let cpu_before = cpu_seconds();

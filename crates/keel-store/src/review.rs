@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 
 use crate::access::ChangeError;
 use crate::error::Result;
+use crate::feedback::{Feedback, Thumbs};
 
 /// Priority of escalations and wrong-answer reports: worked first.
 pub const PRIORITY_HIGH: i64 = 100;
@@ -575,6 +576,20 @@ impl CaseIntake {
         };
         Some(self.case(interaction.id, &interaction.app, reason, None, now))
     }
+
+    /// The case a user's feedback opens: a reported wrong answer, or a low score
+    /// (satisfaction 1–2 or thumbs down). Praise and middling scores open none.
+    pub fn case_for_feedback(&self, feedback: &Feedback, now: OffsetDateTime) -> Option<NewCase> {
+        let low = feedback.satisfaction.is_some_and(|s| s <= 2) || feedback.thumbs == Some(Thumbs::Down);
+        let reason = if feedback.wrong_answer == Some(true) {
+            CaseReason::WrongAnswerReport
+        } else if low {
+            CaseReason::LowSatisfaction
+        } else {
+            return None;
+        };
+        Some(self.case(feedback.interaction_id, &feedback.app, reason, None, now))
+    }
 }
 
 /// Agreement between the two reviews of double-labelled cases.
@@ -691,6 +706,29 @@ mod tests {
             ChangeError::Invalid { field, .. } => field,
             other => format!("not invalid: {other}"),
         }
+    }
+
+    #[test]
+    fn feedback_opens_a_case_for_wrong_answers_and_low_scores_only() {
+        let intake = CaseIntake::default();
+        let feedback = |satisfaction, thumbs, wrong_answer| Feedback {
+            seq: 1,
+            event_id: "e".into(),
+            interaction_id: InteractionId::new(),
+            app: "support".into(),
+            satisfaction,
+            thumbs,
+            wrong_answer,
+            comment: None,
+            actor: "key:bot".into(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let reason = |f: Feedback| intake.case_for_feedback(&f, OffsetDateTime::UNIX_EPOCH).map(|c| c.reason);
+        assert_eq!(reason(feedback(Some(5), None, Some(true))), Some(CaseReason::WrongAnswerReport));
+        assert_eq!(reason(feedback(Some(2), None, None)), Some(CaseReason::LowSatisfaction));
+        assert_eq!(reason(feedback(None, Some(Thumbs::Down), Some(false))), Some(CaseReason::LowSatisfaction));
+        assert_eq!(reason(feedback(Some(3), Some(Thumbs::Up), Some(false))), None);
+        assert_eq!(reason(feedback(Some(1), None, Some(true))), Some(CaseReason::WrongAnswerReport), "a report wins");
     }
 
     #[test]

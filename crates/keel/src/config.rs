@@ -166,7 +166,10 @@ impl Default for ReviewFile {
 }
 
 /// Checks `[review]` and builds the intake and the lock duration from it.
-fn review_settings(file: &ReviewFile, source: &TomlSource<'_>) -> anyhow::Result<(keel_store::CaseIntake, Duration)> {
+pub(crate) fn review_settings(
+    file: &ReviewFile,
+    source: &TomlSource<'_>,
+) -> anyhow::Result<(keel_store::CaseIntake, Duration)> {
     let at = |field: &str| FieldPath::key("review").field(field);
     for (field, value) in [("sample_rate", file.sample_rate), ("second_review_share", file.second_review_share)] {
         if !(0.0..=1.0).contains(&value) {

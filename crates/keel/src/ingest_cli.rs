@@ -30,14 +30,18 @@ fn chunks(text: &str) -> Vec<(usize, String)> {
     lines.chunks(CHUNK_LINES).enumerate().map(|(i, c)| (i * CHUNK_LINES + 1, c.join("\n"))).collect()
 }
 
-/// The privacy settings of `--config`'s apps, or `full` for every app without one.
-fn privacy_from(config: Option<&Path>) -> anyhow::Result<(Privacy, std::collections::HashMap<String, Privacy>)> {
-    let Some(path) = config else { return Ok((Privacy::Full, Default::default())) };
+/// What `--config` says of the apps: the privacy of each (`full` for every app without one)
+/// and which feedback opens review cases (`[review]`).
+type AppSettings = (Privacy, std::collections::HashMap<String, Privacy>, keel_store::CaseIntake);
+
+fn settings_from(config: Option<&Path>) -> anyhow::Result<AppSettings> {
+    let Some(path) = config else { return Ok((Privacy::Full, Default::default(), Default::default())) };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the config file", path.display()))?;
-    let file: crate::config::ConfigFile =
-        keel_policy::source::TomlSource::new(path.display().to_string(), &text).deserialize()?;
-    Ok((file.default_privacy, file.apps.iter().map(|(name, app)| (name.clone(), app.privacy)).collect()))
+    let source = keel_policy::source::TomlSource::new(path.display().to_string(), &text);
+    let file: crate::config::ConfigFile = source.deserialize()?;
+    let (intake, _lock) = crate::config::review_settings(&file.review, &source)?;
+    Ok((file.default_privacy, file.apps.iter().map(|(name, app)| (name.clone(), app.privacy)).collect(), intake))
 }
 
 /// Ingests `file` straight into the store named by `store`, judged by `policy` (else the
@@ -70,7 +74,7 @@ pub async fn offline(
     let (policy, source) = crate::serve::load_policy(policy_path.as_deref(), &models)?;
     let policy = Arc::new(policy);
     tracing::info!(policy = %policy.reference(), source = %source, "ingesting with this policy");
-    let (default_privacy, privacy) = privacy_from(store.config.as_deref())?;
+    let (default_privacy, privacy, intake) = settings_from(store.config.as_deref())?;
     let (writer, task) = Writer::spawn(store_handle.clone(), WriterConfig::default());
     let for_policy = policy.clone();
     let pick = move |_: &str, _: &str| -> Result<Arc<keel_policy::Policy>, String> { Ok(for_policy.clone()) };
@@ -83,6 +87,7 @@ pub async fn offline(
         default_app: app,
         only_app: None,
         actor: &actor,
+        review: &intake,
     };
     let mut report = IngestReport::default();
     for (first, chunk) in chunks(&text) {

@@ -148,8 +148,12 @@ mod tests {
             default_app: None,
             only_app: None,
             actor: "test",
+            review: &keel_store::CaseIntake::default(),
         };
         assert_eq!(ingest.run(&body, 1).await.unwrap().feedback, 3);
+        let cases = store.list_cases(&keel_store::CaseFilter::default()).await.unwrap();
+        let reasons: Vec<_> = cases.iter().map(|c| c.reason).collect();
+        assert_eq!(reasons, [keel_store::CaseReason::LowSatisfaction], "only the score of 2 asks for a review");
 
         let spec = DetectorSpec::new("sat", Stream::Satisfaction, DetectorConfig::default_for(Method::PageHinkley));
         let config = MonitorConfig { detectors: vec![spec], ..MonitorConfig::default() };

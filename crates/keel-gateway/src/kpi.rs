@@ -48,8 +48,9 @@ pub async fn report(
             .into_iter()
             .map(|i| InteractionFacts { refused: i.response_text.as_deref().map(|t| detector.refuses(t)), ..i.facts })
             .collect();
-        let buckets = compute(bucket, &interactions, &rows.feedback, &rows.handoffs, confidence)?;
-        let overall = compute_overall(range.since, &interactions, &rows.feedback, &rows.handoffs, confidence)?;
+        let buckets = compute(bucket, &interactions, &rows.feedback, &rows.handoffs, &rows.reviews, confidence)?;
+        let overall =
+            compute_overall(range.since, &interactions, &rows.feedback, &rows.handoffs, &rows.reviews, confidence)?;
         Ok::<_, keel_monitor::MonitorError>(KpiReport {
             app: range.app,
             since: range.since,

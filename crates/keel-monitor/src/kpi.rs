@@ -116,6 +116,15 @@ pub struct HandoffFacts {
     pub taken_at: Option<OffsetDateTime>,
 }
 
+/// What the KPIs need of one settled review: the final label of a case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewFacts {
+    /// The interaction reviewed.
+    pub interaction_id: String,
+    /// True when the final label says the answer was wrong (`wrong_answer`).
+    pub wrong_answer: bool,
+}
+
 /// Satisfaction in one bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SatisfactionKpi {
@@ -132,8 +141,8 @@ pub struct SatisfactionKpi {
 pub struct WrongAnswerKpi {
     /// Interactions a user reported wrong / interactions.
     pub user_reports: Option<RateEstimate>,
-    /// Interactions a reviewer labelled wrong / interactions reviewed. Always `None` until the
-    /// review queue stores labels.
+    /// Interactions a reviewer labelled `wrong_answer` / interactions with a settled review
+    /// (an interaction with several cases counts once, wrong when any says so).
     pub reviewer_labels: Option<RateEstimate>,
 }
 
@@ -206,6 +215,7 @@ struct Gathered<'a> {
     thumbs: HashMap<&'a str, bool>,
     wrong: HashMap<&'a str, bool>,
     handoffs: HashMap<&'a str, &'a HandoffFacts>,
+    reviewed: HashMap<&'a str, bool>,
 }
 
 /// KPIs per bucket of `width`, oldest first, at `confidence` (e.g. 0.95). Only buckets with at
@@ -216,9 +226,10 @@ pub fn compute(
     interactions: &[InteractionFacts],
     feedback: &[FeedbackFacts],
     handoffs: &[HandoffFacts],
+    reviews: &[ReviewFacts],
     confidence: f64,
 ) -> Result<Vec<KpiBucket>> {
-    compute_by(|at| width.start_of(at), interactions, feedback, handoffs, confidence)
+    compute_by(|at| width.start_of(at), interactions, feedback, handoffs, reviews, confidence)
 }
 
 /// KPIs of everything given as one bucket starting at `start`; `None` when there are no
@@ -228,9 +239,10 @@ pub fn compute_overall(
     interactions: &[InteractionFacts],
     feedback: &[FeedbackFacts],
     handoffs: &[HandoffFacts],
+    reviews: &[ReviewFacts],
     confidence: f64,
 ) -> Result<Option<KpiBucket>> {
-    Ok(compute_by(|_| start, interactions, feedback, handoffs, confidence)?.pop())
+    Ok(compute_by(|_| start, interactions, feedback, handoffs, reviews, confidence)?.pop())
 }
 
 fn compute_by(
@@ -238,6 +250,7 @@ fn compute_by(
     interactions: &[InteractionFacts],
     feedback: &[FeedbackFacts],
     handoffs: &[HandoffFacts],
+    reviews: &[ReviewFacts],
     confidence: f64,
 ) -> Result<Vec<KpiBucket>> {
     let mut buckets: BTreeMap<OffsetDateTime, Gathered<'_>> = BTreeMap::new();
@@ -270,6 +283,11 @@ fn compute_by(
         let id = h.interaction_id.as_str();
         let Some(g) = bucket_of.get(id).and_then(|b| buckets.get_mut(b)) else { continue };
         g.handoffs.entry(id).or_insert(h);
+    }
+    for r in reviews {
+        let id = r.interaction_id.as_str();
+        let Some(g) = bucket_of.get(id).and_then(|b| buckets.get_mut(b)) else { continue };
+        *g.reviewed.entry(id).or_default() |= r.wrong_answer;
     }
     buckets.into_iter().map(|(start, g)| bucket(start, &g, confidence)).collect()
 }
@@ -363,7 +381,10 @@ fn bucket(start: OffsetDateTime, g: &Gathered<'_>, confidence: f64) -> Result<Kp
         interactions: n,
         satisfaction,
         thumbs_down_rate: rate(thumbs_down, g.thumbs.len() as u64, confidence)?,
-        wrong_answer: WrongAnswerKpi { user_reports: rate(wrong, n, confidence)?, reviewer_labels: None },
+        wrong_answer: WrongAnswerKpi {
+            user_reports: rate(wrong, n, confidence)?,
+            reviewer_labels: rate(count(&mut g.reviewed.values().copied()), g.reviewed.len() as u64, confidence)?,
+        },
         handoff,
         check_hit_rates: checks
             .into_iter()
@@ -411,7 +432,9 @@ mod tests {
     /// - scores: a 4 → 5 (latest wins), b 3, c 4 → {3, 4, 5}: mean 4, s = 1,
     ///   t(0.975, 2) = 4.302653 → 4 ± 4.302653 · 1/√3 = 4 ± 2.484138 → [1.515862, 6.484138];
     ///   distribution [0, 0, 1, 1, 1]; response rate 3/4.
-    /// - wrong answers: b said wrong, then d said not wrong → 1 of 4 = 0.25.
+    /// - wrong answers: b said wrong, then d said not wrong → 1 of 4 = 0.25. Reviewers: a
+    ///   labelled ok, c labelled wrong in one case and ok in another (wrong wins), e (day 2)
+    ///   wrong → day 1: 1 of 2 reviewed.
     /// - handoffs: c requested at 12:00:00, taken 12:01:00 (60 s); d requested, not taken →
     ///   rate 2/4, one wait of 60 s (p50 = p90 = 60).
     /// - pii hit on a and b → 2/4; injection never → 0/4; actions: allow 3, block 1.
@@ -445,7 +468,9 @@ mod tests {
             },
             HandoffFacts { interaction_id: "d".into(), requested_at: noon, taken_at: None },
         ];
-        let buckets = compute(BucketWidth::Day, &interactions, &feedback, &handoffs, 0.95).unwrap();
+        let review = |id: &str, wrong_answer| ReviewFacts { interaction_id: id.into(), wrong_answer };
+        let reviews = vec![review("a", false), review("c", true), review("c", false), review("e", true)];
+        let buckets = compute(BucketWidth::Day, &interactions, &feedback, &handoffs, &reviews, 0.95).unwrap();
         assert_eq!(buckets.len(), 2);
         let b = &buckets[0];
         assert_eq!(b.start, datetime!(2026-03-01 00:00 UTC));
@@ -460,7 +485,8 @@ mod tests {
         assert_eq!((response.successes, response.trials), (3, 4));
         let wrong = b.wrong_answer.user_reports.unwrap();
         assert_eq!((wrong.successes, wrong.trials), (1, 4));
-        assert!(b.wrong_answer.reviewer_labels.is_none());
+        let reviewed = b.wrong_answer.reviewer_labels.unwrap();
+        assert_eq!((reviewed.successes, reviewed.trials), (1, 2), "shown apart from the user reports");
         let handoff = b.handoff.rate.unwrap();
         assert_eq!((handoff.successes, handoff.trials), (2, 4));
         assert_eq!(b.handoff.taken, 1);
@@ -482,7 +508,7 @@ mod tests {
         close(p.p90, 370.0, 1e-12);
         assert_eq!(b.tokens, TokenKpi { prompt: 40, completion: 20, reported: 4 });
 
-        let overall = compute_overall(d1, &interactions, &feedback, &handoffs, 0.95).unwrap().unwrap();
+        let overall = compute_overall(d1, &interactions, &feedback, &handoffs, &reviews, 0.95).unwrap().unwrap();
         assert_eq!(overall.interactions, 5);
         // Scores {3, 4, 5} of 5 interactions; e has none.
         assert_eq!(overall.satisfaction.response_rate.unwrap().trials, 5);
@@ -509,8 +535,8 @@ mod tests {
                 .collect();
             let feedback: Vec<FeedbackFacts> =
                 rows.iter().enumerate().map(|(k, (_, score, _))| feedback(&k.to_string(), *score, Some(false))).collect();
-            let buckets = compute(BucketWidth::Hour, &interactions, &feedback, &[], 0.95).unwrap();
-            let overall = compute_overall(t0, &interactions, &feedback, &[], 0.95).unwrap().unwrap();
+            let buckets = compute(BucketWidth::Hour, &interactions, &feedback, &[], &[], 0.95).unwrap();
+            let overall = compute_overall(t0, &interactions, &feedback, &[], &[], 0.95).unwrap().unwrap();
             let sum = |f: &dyn Fn(&KpiBucket) -> u64| buckets.iter().map(f).sum::<u64>();
             proptest::prop_assert_eq!(sum(&|b| b.interactions), overall.interactions);
             proptest::prop_assert_eq!(sum(&|b| b.satisfaction.distribution.iter().sum()), rows.iter().filter(|r| r.1.is_some()).count() as u64);
@@ -535,7 +561,7 @@ mod tests {
     #[test]
     fn an_out_of_range_score_is_refused() {
         let i = vec![interaction("a", datetime!(2026-03-01 09:00 UTC), "allow", false, 1.0)];
-        let err = compute(BucketWidth::Day, &i, &[feedback("a", Some(6), None)], &[], 0.95).unwrap_err();
+        let err = compute(BucketWidth::Day, &i, &[feedback("a", Some(6), None)], &[], &[], 0.95).unwrap_err();
         assert!(err.to_string().contains("got 6"), "{err}");
     }
 }

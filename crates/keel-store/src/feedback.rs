@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use keel_core::InteractionId;
-use keel_monitor::kpi::{FeedbackFacts, HandoffFacts, InteractionFacts};
+use keel_monitor::kpi::{FeedbackFacts, HandoffFacts, InteractionFacts, ReviewFacts};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -284,6 +284,8 @@ pub struct KpiRows {
     pub feedback: Vec<FeedbackFacts>,
     /// Their handoffs.
     pub handoffs: Vec<HandoffFacts>,
+    /// The final labels of their settled review cases.
+    pub reviews: Vec<ReviewFacts>,
 }
 
 /// Storing and reading feedback and handoff events.

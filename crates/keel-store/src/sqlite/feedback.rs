@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use keel_core::InteractionId;
-use keel_monitor::kpi::{FeedbackFacts, HandoffFacts, InteractionFacts};
+use keel_monitor::kpi::{FeedbackFacts, HandoffFacts, InteractionFacts, ReviewFacts};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -409,6 +409,21 @@ impl FeedbackStore for SqliteStore {
                 taken_at: taken.map(|t| from_nanos(t, what)).transpose()?,
             });
         }
-        Ok(KpiRows { interactions, feedback, handoffs })
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT c.interaction_id, l.label FROM review_labels l JOIN review_cases c ON c.id = l.case_id \
+             JOIN interactions i ON i.id = c.interaction_id",
+        );
+        push_range(&mut q, range)?;
+        q.push(" AND l.final = 1 ORDER BY l.id");
+        let mut reviews = Vec::new();
+        for row in q.build().fetch_all(&self.pool).await.map_err(db("reading review labels for KPIs"))? {
+            let what = "a review label";
+            let label: String = get(&row, what, "label")?;
+            reviews.push(ReviewFacts {
+                interaction_id: get(&row, what, "interaction_id")?,
+                wrong_answer: label == crate::review::LabelKind::WrongAnswer.as_str(),
+            });
+        }
+        Ok(KpiRows { interactions, feedback, handoffs, reviews })
     }
 }

@@ -4,8 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_core::{Action, InteractionId};
+use keel_monitor::kpi::ReviewFacts;
 use keel_store::{
-    ChangeError, HandoffRequest, HandoffStep, KpiRange, NewFeedback, NewHandoffEvent, Store, Thumbs, WriteBatch,
+    CaseReason, ChangeError, HandoffRequest, HandoffStep, KpiRange, NewFeedback, NewHandoffEvent, NewLabel, Store,
+    Thumbs, WriteBatch,
 };
 use time::OffsetDateTime;
 
@@ -157,4 +159,18 @@ pub async fn kpi_rows_cover_the_range_and_app(store: Arc<dyn Store>) {
     let known = store.stored_interactions(&[a, b, InteractionId::new()]).await.unwrap();
     assert_eq!(known.len(), 2);
     assert!(known.contains(&a) && known.contains(&b));
+    assert!(rows.reviews.is_empty(), "nothing is reviewed yet");
+
+    let intake = keel_store::CaseIntake::default();
+    let (case, _) =
+        store.open_case(intake.case(a, "support", CaseReason::WrongAnswerReport, None, T0), "test").await.unwrap();
+    let label = NewLabel::from_parts("wrong_answer", None, Some("The XR-200 is recalled.".into()), None, None).unwrap();
+    store.label_case(case.id, label, "aiko").await.unwrap();
+    let (other, _) = store.open_case(intake.case(b, "sales", CaseReason::Sampled, None, T0), "test").await.unwrap();
+    store.label_case(other.id, NewLabel::from_parts("ok", None, None, None, None).unwrap(), "aiko").await.unwrap();
+    let rows = store
+        .kpi_rows(&KpiRange { app: Some("support".into()), since: T0, until: T0 + Duration::from_secs(3600) })
+        .await
+        .unwrap();
+    assert_eq!(rows.reviews, vec![ReviewFacts { interaction_id: a.to_string(), wrong_answer: true }]);
 }

@@ -324,7 +324,15 @@ fn bucket(start: OffsetDateTime, g: &Gathered<'_>, confidence: f64) -> Result<Kp
     }
     let moments: Moments = distribution.moments();
     let satisfaction = SatisfactionKpi {
-        mean: if moments.count() >= 2 { Some(moments.t_interval(confidence)?) } else { None },
+        // Scores live on 1..=5, so a wide small-sample t interval is cut to the scale.
+        mean: if moments.count() >= 2 {
+            let mut estimate = moments.t_interval(confidence)?;
+            estimate.lower = estimate.lower.max(1.0);
+            estimate.upper = estimate.upper.min(5.0);
+            Some(estimate)
+        } else {
+            None
+        },
         distribution: distribution.counts,
         response_rate: rate(distribution.total(), n, confidence)?,
     };
@@ -430,7 +438,8 @@ mod tests {
     ///
     /// Day 1 by hand:
     /// - scores: a 4 → 5 (latest wins), b 3, c 4 → {3, 4, 5}: mean 4, s = 1,
-    ///   t(0.975, 2) = 4.302653 → 4 ± 4.302653 · 1/√3 = 4 ± 2.484138 → [1.515862, 6.484138];
+    ///   t(0.975, 2) = 4.302653 → 4 ± 4.302653 · 1/√3 = 4 ± 2.484138 → [1.515862, 6.484138],
+    ///   cut to the 1–5 scale → [1.515862, 5];
     ///   distribution [0, 0, 1, 1, 1]; response rate 3/4.
     /// - wrong answers: b said wrong, then d said not wrong → 1 of 4 = 0.25. Reviewers: a
     ///   labelled ok, c labelled wrong in one case and ok in another (wrong wins), e (day 2)
@@ -479,7 +488,7 @@ mod tests {
         close(mean.mean, 4.0, 1e-12);
         close(mean.std_dev, 1.0, 1e-12);
         close(mean.lower, 1.515862, 1e-5);
-        close(mean.upper, 6.484138, 1e-5);
+        close(mean.upper, 5.0, 1e-12);
         assert_eq!(b.satisfaction.distribution, [0, 0, 1, 1, 1]);
         let response = b.satisfaction.response_rate.unwrap();
         assert_eq!((response.successes, response.trials), (3, 4));

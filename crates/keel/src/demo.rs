@@ -132,6 +132,7 @@ pub async fn run(listen: Option<String>, store: Option<String>, exit: bool, scri
         writeln!(out, "{}. {}\n{}", n + 1, scenario.title, report)?;
     }
     crate::demo_lifecycle::run(&gateway.state, &base, model).await?;
+    crate::demo_review::run(&gateway.state, &base, model).await?;
     if let Some(path) = config.policy.as_deref().filter(|_| !scripted) {
         print!("{}", crate::demo_memory::run(path).await?);
     }

@@ -57,13 +57,14 @@ fn with_version(text: &str, version: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-struct Api<'a> {
-    client: &'a reqwest::Client,
-    base: &'a str,
+/// The demo gateway's HTTP API, as an operator's tooling would call it.
+pub(crate) struct Api<'a> {
+    pub(crate) client: &'a reqwest::Client,
+    pub(crate) base: &'a str,
 }
 
 impl Api<'_> {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -79,7 +80,7 @@ impl Api<'_> {
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
-    async fn expect(
+    pub(crate) async fn expect(
         &self,
         method: reqwest::Method,
         path: &str,

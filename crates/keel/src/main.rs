@@ -13,6 +13,7 @@ mod demo_drift;
 mod demo_eval;
 mod demo_lifecycle;
 mod demo_memory;
+mod demo_review;
 mod eval;
 mod export;
 mod identity;

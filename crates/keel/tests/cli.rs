@@ -114,9 +114,18 @@ async fn demo_decides_explains_and_leaves_a_verifiable_chain_that_detects_tamper
         "x-keel-policy default@1.1.0 → default@1.1.0-demo.",
         "the refund request: redact → escalate",
         ", x-keel-policy default@1.1.0-demo.",
+        "(satisfaction 2) → review case ",
+        "a happy customer: satisfaction 5, thumbs up (no case)",
+        "(wrong_answer_report, priority 100, due ",
+        "\"How long is the warranty on the KN-8 knife?\" → wrong_answer (labelled)",
+        "wrong answers: user reports ",
+        ", reviewer labels ",
     ] {
         assert!(text.contains(expected), "demo output lacks {expected:?}:\n{text}");
     }
+    // Which cases need a second review is drawn from interaction ids, so the share varies;
+    // that the reviewer's wrong-answer label is counted does not.
+    assert!(!text.contains("reviewer labels —"), "the reviewer's labels reach the KPIs:\n{text}");
     let verify = keel(&["audit", "verify", "--store", &store], home.path());
     assert!(verify.status.success(), "{}", stdout(&verify));
     assert!(stdout(&verify).starts_with("OK: "));

@@ -437,13 +437,68 @@ pub struct Ingest<'a> {
 /// Lines judged at once off the async runtime.
 const JUDGE_CHUNK: usize = 2_048;
 
+/// JSONL lines per step of a run: one step is judged while the one before it is stored.
+const STEP_LINES: usize = 4_096;
+
+/// A step parsed and judged but not stored yet.
+pub struct Judged {
+    report: IngestReport,
+    interactions: Vec<(usize, IngestLine, Interaction)>,
+}
+
 impl Ingest<'_> {
     /// Ingests `body` (JSONL or a JSON array) whose first line is line `first_line` of the input.
     pub async fn run(&self, body: &str, first_line: usize) -> Result<IngestReport, StoreError> {
+        self.run_steps(steps(body, first_line)).await
+    }
+
+    /// Ingests the given parts of one input (each with the number of its first line), judging
+    /// each part while the one before it is stored, so the parsing and judging cores and the
+    /// store's writer work at the same time; one `ingest` audit record for the whole.
+    pub async fn run_steps(
+        &self,
+        parts: impl IntoIterator<Item = (usize, String)>,
+    ) -> Result<IngestReport, StoreError> {
+        let mut report = IngestReport::default();
+        let mut waiting: Option<Judged> = None;
+        for (first_line, part) in parts {
+            let next = self.judge_part(part, first_line);
+            let judged = match waiting.take() {
+                Some(previous) => {
+                    let (judged, stored) = tokio::join!(next, self.store_judged(previous));
+                    report.merge(stored?);
+                    judged?
+                }
+                None => next.await?,
+            };
+            waiting = Some(judged);
+        }
+        if let Some(last) = waiting {
+            report.merge(self.store_judged(last).await?);
+        }
+        report.errors.sort_by_key(|e| e.line);
+        self.writer
+            .record_audit(AuditEntry::now(
+                self.actor,
+                "ingest",
+                serde_json::json!({
+                    "ingested": report.ingested,
+                    "duplicates": report.duplicates,
+                    "feedback": report.feedback,
+                    "errors": report.errors.len(),
+                }),
+            ))
+            .await?;
+        Ok(report)
+    }
+
+    /// Parses and judges one part; reads nothing from the store. Lines already stored are
+    /// judged too (they are only known in [`Ingest::store_judged`]): a repeat costs a judgement,
+    /// never a second row.
+    async fn judge_part(&self, body: String, first_line: usize) -> Result<Judged, StoreError> {
         let mut report = IngestReport::default();
         let mut accepted: Vec<(usize, IngestLine, String, Arc<Policy>, Privacy)> = Vec::new();
-        let owned = body.to_owned();
-        let parsed = tokio::task::spawn_blocking(move || items(&owned, first_line))
+        let parsed = tokio::task::spawn_blocking(move || items(&body, first_line))
             .await
             .map_err(|e| StoreError::InvalidInput { what: "an ingest batch".to_owned(), reason: e.to_string() })?;
         for (line_no, parsed) in parsed {
@@ -476,18 +531,7 @@ impl Ingest<'_> {
             }
         }
 
-        let ids: Vec<InteractionId> = accepted.iter().map(|(_, l, ..)| l.id).collect();
-        let stored = self.store.stored_interactions(&ids).await?;
-        let mut seen: HashSet<InteractionId> = HashSet::with_capacity(accepted.len());
-        accepted.retain(|(_, line, ..)| {
-            let new = !stored.contains(&line.id) && seen.insert(line.id);
-            if !new {
-                report.duplicates += 1;
-            }
-            new
-        });
-
-        let mut feedback = Vec::new();
+        let mut interactions = Vec::with_capacity(accepted.len());
         while !accepted.is_empty() {
             let rest = accepted.split_off(accepted.len().min(JUDGE_CHUNK));
             let chunk = std::mem::replace(&mut accepted, rest);
@@ -499,25 +543,45 @@ impl Ingest<'_> {
             })
             .await
             .map_err(|e| StoreError::InvalidInput { what: "an ingest batch".to_owned(), reason: e.to_string() })?;
-            for (line_no, line, interaction) in judged {
-                let id = interaction.id;
-                self.writer.record_interaction(interaction, None).await?;
-                report.ingested += 1;
-                if let Some(f) = line.feedback {
-                    feedback.push((
-                        line_no,
-                        NewFeedback {
-                            event_id: format!("ingest:{id}"),
-                            interaction_id: id,
-                            satisfaction: f.satisfaction,
-                            thumbs: f.thumbs,
-                            wrong_answer: f.wrong_answer,
-                            comment: f.comment,
-                            actor: self.actor.to_owned(),
-                            created_at: line.timestamp,
-                        },
-                    ));
-                }
+            interactions.extend(judged);
+        }
+        Ok(Judged { report, interactions })
+    }
+
+    /// Stores a judged part: drops what is stored already (or repeated), hands the rest to
+    /// the writer, waits for it, then stores the feedback the lines carry.
+    async fn store_judged(&self, judged: Judged) -> Result<IngestReport, StoreError> {
+        let Judged { mut report, mut interactions } = judged;
+        let ids: Vec<InteractionId> = interactions.iter().map(|(_, _, i)| i.id).collect();
+        let stored = self.store.stored_interactions(&ids).await?;
+        let mut seen: HashSet<InteractionId> = HashSet::with_capacity(interactions.len());
+        interactions.retain(|(_, _, interaction)| {
+            let new = !stored.contains(&interaction.id) && seen.insert(interaction.id);
+            if !new {
+                report.duplicates += 1;
+            }
+            new
+        });
+
+        let mut feedback = Vec::new();
+        for (line_no, line, interaction) in interactions {
+            let id = interaction.id;
+            self.writer.record_interaction(interaction, None).await?;
+            report.ingested += 1;
+            if let Some(f) = line.feedback {
+                feedback.push((
+                    line_no,
+                    NewFeedback {
+                        event_id: format!("ingest:{id}"),
+                        interaction_id: id,
+                        satisfaction: f.satisfaction,
+                        thumbs: f.thumbs,
+                        wrong_answer: f.wrong_answer,
+                        comment: f.comment,
+                        actor: self.actor.to_owned(),
+                        created_at: line.timestamp,
+                    },
+                ));
             }
         }
         self.writer.flush().await?;
@@ -548,21 +612,18 @@ impl Ingest<'_> {
                 }
             }
         }
-        report.errors.sort_by_key(|e| e.line);
-        self.writer
-            .record_audit(AuditEntry::now(
-                self.actor,
-                "ingest",
-                serde_json::json!({
-                    "ingested": report.ingested,
-                    "duplicates": report.duplicates,
-                    "feedback": report.feedback,
-                    "errors": report.errors.len(),
-                }),
-            ))
-            .await?;
         Ok(report)
     }
+}
+
+/// `body` cut into parts of [`STEP_LINES`] JSONL lines, each with the number of its first
+/// line; a JSON array stays whole (its elements are not lines).
+pub fn steps(body: &str, first_line: usize) -> Vec<(usize, String)> {
+    if body.trim_start().starts_with('[') {
+        return vec![(first_line, body.to_owned())];
+    }
+    let lines: Vec<&str> = body.lines().collect();
+    lines.chunks(STEP_LINES).enumerate().map(|(i, part)| (first_line + i * STEP_LINES, part.join("\n"))).collect()
 }
 
 #[cfg(test)]

@@ -156,6 +156,33 @@ async fn ingest_reports_bad_lines_keeps_history_and_does_not_double_count() {
 }
 
 #[tokio::test]
+async fn a_long_ingest_is_stored_in_steps_with_file_line_numbers_and_one_audit_record() {
+    let api = Api::start().await;
+    // Longer than one step (4,096 lines): the repeat of line 3 and the broken line sit in the
+    // second step, which is judged while the first is stored.
+    let ids: Vec<InteractionId> = (0..4_098).map(|_| InteractionId::new()).collect();
+    let mut lines: Vec<String> = ids
+        .iter()
+        .map(|id| line(*id, "2026-03-01T09:00:00Z", "Where is my order?", "On its way.").to_string())
+        .collect();
+    lines.push(line(ids[2], "2026-03-01T09:00:00Z", "Where is my order?", "On its way.").to_string());
+    lines.push("{broken".to_owned());
+    let (status, report) = api.call("POST", "/api/ingest", SUPPORT_KEY, Some(lines.join("\n"))).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!((report["ingested"].as_u64(), report["duplicates"].as_u64()), (Some(4_098), Some(1)), "{report}");
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{report}");
+    assert_eq!(errors[0]["line"], 4_100);
+    assert!(api.store.get_interaction(ids[4_097]).await.unwrap().is_some());
+    api.state.writer().flush().await.unwrap();
+    let audit = api.store.audit_records(0, i64::MAX, 10_000).await.unwrap();
+    let ingests: Vec<_> = audit.iter().filter(|r| r.action == "ingest").collect();
+    assert_eq!(ingests.len(), 1, "one record for the request");
+    let payload: Value = serde_json::from_str(&ingests[0].payload).unwrap();
+    assert_eq!(payload["ingested"], 4_098);
+}
+
+#[tokio::test]
 async fn feedback_is_validated_scoped_and_idempotent() {
     let api = Api::start().await;
     let id = ingested(&api).await;

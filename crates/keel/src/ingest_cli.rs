@@ -89,10 +89,7 @@ pub async fn offline(
         actor: &actor,
         review: &intake,
     };
-    let mut report = IngestReport::default();
-    for (first, chunk) in chunks(&text) {
-        report.merge(run.run(&chunk, first).await?);
-    }
+    let report = run.run_steps(keel_gateway::ingest::steps(&text, 1)).await?;
     writer.close().await;
     let summary = task.await?;
     if summary.rejected > 0 {

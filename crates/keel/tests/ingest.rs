@@ -237,3 +237,26 @@ method = "cusum"
         assert_eq!(a["state"], "open");
     }
 }
+
+#[tokio::test]
+async fn offline_ingest_follows_the_configs_review_intake() {
+    let home = tempfile::tempdir().unwrap();
+    let db = home.path().join("keel.db");
+    let config = home.path().join("keel.toml");
+    std::fs::write(&config, format!("store = \"sqlite://{}\"\n\n[review]\nsample_rate = 1.0\n", db.display())).unwrap();
+    let file = home.path().join("log.jsonl");
+    let lines = [
+        line(None, "2026-03-01T09:00:00Z", "Where is my order?", "It ships tomorrow.", None),
+        line(None, "2026-03-01T09:01:00Z", "Is the XR-300 out?", "Yes.", Some(json!({"wrong_answer": true}))),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = keel(&["ingest", file.to_str().unwrap(), "--config", config.to_str().unwrap(), "--json"], home.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let store = keel_store::resolve(&format!("sqlite://{}", db.display())).await.unwrap();
+    let cases = store.list_cases(&keel_store::CaseFilter::default()).await.unwrap();
+    let mut reasons: Vec<&str> = cases.iter().map(|c| c.reason.as_str()).collect();
+    reasons.sort_unstable();
+    // Every allowed line is sampled (sample_rate 1.0 in the config), and the reported wrong
+    // answer opens its own case.
+    assert_eq!(reasons, ["sampled", "sampled", "wrong_answer_report"], "{cases:?}");
+}

@@ -6,6 +6,7 @@
 //! app (403 otherwise). Stored events are audited by the store in the same transaction.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -80,11 +81,23 @@ fn time_field(object: &Map<String, Value>, field: &str) -> Result<Option<OffsetD
         .transpose()
 }
 
+/// How long feedback for an interaction that is not stored yet waits for the gateway's
+/// background tasks (async checks, the shadow policy) to hand it to the writer.
+const PENDING_RECORD_WAIT: Duration = Duration::from_secs(2);
+
 /// The app of a stored interaction (404 when it is not stored), checked against the caller.
-/// An interaction answered a moment ago may still be in the writer's queue: flush once first.
+/// An interaction answered a moment ago may still be in the writer's queue (flush), or, when
+/// the policy has async checks or a shadow version, still being judged in the background:
+/// a client that sends feedback right after the answer must not get a 404 for it.
 async fn app_of(state: &AppState, caller: &Principal, field: &str, id: InteractionId) -> Result<String, ApiError> {
     let mut found = state.store().get_interaction(id).await.map_err(ApiError::internal)?;
-    if found.is_none() {
+    let deadline = tokio::time::Instant::now() + PENDING_RECORD_WAIT;
+    let mut first = true;
+    while found.is_none() && (first || (!state.tasks().is_empty() && tokio::time::Instant::now() < deadline)) {
+        if !first {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        first = false;
         state.writer().flush().await.map_err(ApiError::internal)?;
         found = state.store().get_interaction(id).await.map_err(ApiError::internal)?;
     }

@@ -183,6 +183,35 @@ async fn a_long_ingest_is_stored_in_steps_with_file_line_numbers_and_one_audit_r
 }
 
 #[tokio::test]
+async fn feedback_waits_for_an_interaction_still_judged_in_the_background() {
+    let api = Api::start().await;
+    // Stands for an answer whose async checks still run: it reaches the store only when the
+    // background task ends, after the client already has the answer (and its id).
+    let id = InteractionId::new();
+    let body = jsonl(&[line(id, "2026-03-01T09:00:00Z", "hi", "hello")]);
+    let state = api.state.clone();
+    api.state.tasks().spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let request = Request::builder()
+            .method("POST")
+            .uri("/api/ingest")
+            .header("authorization", format!("Bearer {SUPPORT_KEY}"))
+            .body(Body::from(body))
+            .unwrap();
+        let response = keel_gateway::router(state).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    });
+    let event = json!({"event_id": "fb-early", "interaction_id": id.to_string(), "thumbs": "up"});
+    let (status, body) = api.post("/api/feedback", SUPPORT_KEY, event).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // With nothing left in the background, an unknown interaction is still a 404.
+    let unknown = json!({"event_id": "fb-none", "interaction_id": InteractionId::new().to_string(), "thumbs": "up"});
+    let (status, _) = api.post("/api/feedback", SUPPORT_KEY, unknown).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn feedback_is_validated_scoped_and_idempotent() {
     let api = Api::start().await;
     let id = ingested(&api).await;

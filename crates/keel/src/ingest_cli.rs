@@ -75,8 +75,7 @@ pub async fn offline(
     let policy = Arc::new(policy);
     tracing::info!(policy = %policy.reference(), source = %source, "ingesting with this policy");
     let (default_privacy, privacy, intake) = settings_from(store.config.as_deref())?;
-    let (writer, task) =
-        Writer::spawn(store_handle.clone(), WriterConfig { intake: intake.clone(), ..WriterConfig::default() });
+    let (writer, task) = Writer::spawn(store_handle.clone(), WriterConfig { intake, ..WriterConfig::default() });
     let for_policy = policy.clone();
     let pick = move |_: &str, _: &str| -> Result<Arc<keel_policy::Policy>, String> { Ok(for_policy.clone()) };
     let privacy_of = move |app: &str| privacy.get(app).copied().unwrap_or(default_privacy);

@@ -72,6 +72,14 @@ pub enum ReviewCommand {
         #[command(flatten)]
         label: LabelArgs,
     },
+    /// Take a case out of the queue without a label (a duplicate, a test message, …).
+    Close {
+        /// The case id.
+        case: i64,
+        /// Why it needs no label (kept in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
     /// List cases, most urgent first.
     List {
         /// open, in_review, labelled, needs_adjudication or closed.
@@ -241,6 +249,12 @@ pub async fn run(command: ReviewCommand, api: &ApiArgs) -> anyhow::Result<String
             let path = format!("/api/review/cases/{case}/adjudicate");
             let value = call(api, Method::POST, &path, &[], Some(label_body(&label))).await?;
             let text = format!("adjudicated: {}\n", case_line(&value["case"]));
+            (value, text)
+        }
+        ReviewCommand::Close { case, reason } => {
+            let path = format!("/api/review/cases/{case}/close");
+            let value = call(api, Method::POST, &path, &[], Some(json!({"reason": reason}))).await?;
+            let text = format!("closed: {}\n", case_line(&value["case"]));
             (value, text)
         }
         ReviewCommand::List { status, reason, app, limit } => {

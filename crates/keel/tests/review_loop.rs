@@ -283,6 +283,24 @@ async fn labels_become_a_gated_approved_policy_that_changes_live_decisions() {
     assert_eq!(served, ("support@1.0.0-mem.1".into(), "block".into()), "the same request, decided anew");
     assert_eq!(chat(&client, &gateway.base, BENIGN[0]).await.1, "allow");
 
+    // That repeat was sampled too; a case nobody needs to label leaves the queue by `close`.
+    let mut open = Value::Null;
+    for _ in 0..100 {
+        open =
+            serde_json::from_str(&cli.ok(&["review", "list", "--url", url, "--status", "open", "--json"], Some(&rita)))
+                .unwrap();
+        if open["data"].as_array().is_some_and(|cases| !cases.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = open["data"][0]["id"].to_string();
+    let closed =
+        cli.ok(&["review", "close", &id, "--url", url, "--reason", "a repeat of a reviewed question"], Some(&rita));
+    assert!(closed.starts_with("closed: ") && closed.contains(" closed "), "{closed}");
+    let (ok, _, stderr) = cli.run(&["review", "close", &id, "--url", url, "--reason", "again"], Some(&rita));
+    assert!(!ok && stderr.contains("HTTP 409"), "a closed case cannot be closed again: {stderr}");
+
     drop(gateway);
     let verify = cli.on_store(&["audit", "verify"], None);
     assert!(verify.to_lowercase().contains("ok"), "{verify}");

@@ -33,11 +33,13 @@ pub async fn run(state: &AppState, base: &str, model: &str) -> anyhow::Result<()
     let run_id = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     let backend_name = format!("demo-support-backend-{run_id}");
     let reviewer_name = format!("demo-reviewer-{run_id}");
+    let second_name = format!("demo-second-reviewer-{run_id}");
     let backend = store.create_token(&backend_name, Role::Admin, "demo").await?.token;
     let reviewer = store.create_token(&reviewer_name, Role::Reviewer, "demo").await?.token;
+    let second = store.create_token(&second_name, Role::Reviewer, "demo").await?.token;
     state.refresh().await?;
-    let outcome = steps(&api, model, &backend, &reviewer, run_id).await;
-    for name in [&backend_name, &reviewer_name] {
+    let outcome = steps(&api, model, &backend, (&reviewer, &second), run_id).await;
+    for name in [&backend_name, &reviewer_name, &second_name] {
         store.revoke_token(name, "demo").await?;
     }
     state.refresh().await?;
@@ -74,7 +76,13 @@ fn rate(value: &Value) -> String {
     }
 }
 
-async fn steps(api: &Api<'_>, model: &str, backend: &str, reviewer: &str, run_id: i128) -> anyhow::Result<()> {
+async fn steps(
+    api: &Api<'_>,
+    model: &str,
+    backend: &str,
+    (reviewer, second): (&str, &str),
+    run_id: i128,
+) -> anyhow::Result<()> {
     let (reported, _) = chat(api, model, REPORTED_QUESTION).await?;
     let answer = api
         .expect(
@@ -136,9 +144,13 @@ async fn steps(api: &Api<'_>, model: &str, backend: &str, reviewer: &str, run_id
             "escalated" | "flagged" => json!({"label": "violation", "category": "needs_human"}),
             _ => json!({"label": "ok"}),
         };
-        let labelled = api
-            .expect(Method::POST, &format!("/api/review/cases/{id}/label"), reviewer, Some(label.clone()), 200)
-            .await?;
+        let path = format!("/api/review/cases/{id}/label");
+        let mut labelled = api.expect(Method::POST, &path, reviewer, Some(label.clone()), 200).await?;
+        // A case drawn for a second review waits for another reviewer; here the second agrees.
+        let seconded = labelled["case"]["status"] == "open";
+        if seconded {
+            labelled = api.expect(Method::POST, &path, second, Some(label.clone()), 200).await?;
+        }
         writeln!(
             std::io::stdout().lock(),
             " - reviewer takes case {id} ({reason}, priority {}, due {}): \"{}\" → {} ({})",
@@ -146,10 +158,10 @@ async fn steps(api: &Api<'_>, model: &str, backend: &str, reviewer: &str, run_id
             case["due_at"].as_str().unwrap_or("?"),
             question_of(&next["interaction"]),
             label["label"].as_str().unwrap_or("?"),
-            match labelled["case"]["status"].as_str() {
-                Some("open") => "sampled for a second review",
-                Some(status) => status,
-                None => "?",
+            match (labelled["case"]["status"].as_str(), seconded) {
+                (Some(status), true) => format!("{status} after a second reviewer agreed"),
+                (Some(status), false) => status.to_owned(),
+                (None, _) => "?".to_owned(),
             }
         )?;
     }

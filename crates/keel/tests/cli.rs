@@ -117,15 +117,14 @@ async fn demo_decides_explains_and_leaves_a_verifiable_chain_that_detects_tamper
         "(satisfaction 2) → review case ",
         "a happy customer: satisfaction 5, thumbs up (no case)",
         "(wrong_answer_report, priority 100, due ",
-        "\"How long is the warranty on the KN-8 knife?\" → wrong_answer (labelled)",
+        "\"How long is the warranty on the KN-8 knife?\" → wrong_answer (labelled",
         "wrong answers: user reports ",
-        ", reviewer labels ",
     ] {
         assert!(text.contains(expected), "demo output lacks {expected:?}:\n{text}");
     }
-    // Which cases need a second review is drawn from interaction ids, so the share varies;
-    // that the reviewer's wrong-answer label is counted does not.
-    assert!(!text.contains("reviewer labels —"), "the reviewer's labels reach the KPIs:\n{text}");
+    // Three settled reviews (a drawn second review is given by a second reviewer), one of them
+    // a wrong answer: the reviewers' rate is shown apart from the users' reports.
+    assert!(text.contains("reviewer labels 33% [6–79%] of 3"), "the reviewer's labels reach the KPIs:\n{text}");
     let verify = keel(&["audit", "verify", "--store", &store], home.path());
     assert!(verify.status.success(), "{}", stdout(&verify));
     assert!(stdout(&verify).starts_with("OK: "));

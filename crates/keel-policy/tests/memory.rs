@@ -1,10 +1,8 @@
 //! The `memory` check: evidence gating, conflict-aware local decisions, broad generalisation,
 //! per-category kinds, provenance in explanations and load-time validation. These run on a
-//! bag-of-words embedder (`common::WordEmbedder`) so the logic is tested exactly and fast;
+//! bag-of-words embedder (`keel_models::WordEmbedder`) so the logic is tested exactly and fast;
 //! `memory_minilm.rs` runs paraphrases through the real MiniLM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::sync::Arc;
 
@@ -12,7 +10,7 @@ use keel_core::{Action, Phase};
 use keel_policy::{Context, Lang, Models, Policy, TextPart};
 use proptest::prelude::*;
 
-use common::WordEmbedder;
+use keel_models::WordEmbedder;
 
 fn models() -> Models {
     Models { embedder: Some(Arc::new(WordEmbedder::default())), classifier: None }

@@ -1,12 +1,13 @@
-//! Test support: a deterministic bag-of-words embedder, so memory and semantic logic can be
-//! tested fast and without model files (the real MiniLM is tested in `memory_minilm.rs`).
-#![allow(dead_code)]
+//! A deterministic bag-of-words embedder for tests of embedding logic (policy memory,
+//! semantic checks) that must run fast, exactly and without model files; the real MiniLM is
+//! tested against fixtures. Behind the `test-embedder` feature, for dev-dependencies only.
 
-use keel_models::{Embedder, ModelError};
+use crate::{Embedder, ModelError};
 
 /// Hashes lowercase words (and, for Japanese, characters) into `dimension` buckets and
 /// normalises: texts sharing words are similar, texts sharing none are orthogonal.
 pub struct WordEmbedder {
+    /// The vectors' length.
     pub dimension: usize,
 }
 

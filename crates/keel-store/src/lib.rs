@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod audit;
+mod delegate;
 mod drift;
 mod error;
 pub mod feedback;
@@ -29,6 +30,8 @@ use std::sync::Arc;
 
 pub use access::{AccessGeneration, AccessStore, ChangeError, IssuedToken, TokenInfo, TokenRecord};
 pub use audit::{export_jsonl, verify_chain, ChainVerifier};
+#[doc(hidden)]
+pub use delegate::__private;
 pub use drift::{
     AlertFilter, AlertWindow, DeliveryAttempt, DeliveryStatus, DetectorCheckpoint, DriftAlert, DriftCommit,
     DriftSource, DriftStore, NewDriftAlert, PendingDelivery,
